@@ -1,0 +1,271 @@
+"""tf.data pipelines: parallel decode, resize, cache, shuffle, augmentation, batching, prefetch.
+
+An :class:`ImagePipeline` serves one split. Images are decoded and resized once, cached as uint8
+(in memory or in a file) and then, for training, shuffled and augmented anew each epoch.
+Augmentation draws its parameters with stateless random ops seeded by ``(seed, epoch, image)``, so
+epoch ``e`` sees the same images in the same order with the same augmentations whether or not the
+run was interrupted and resumed before it. Validation and test pipelines never augment.
+
+Elements are ``(images, labels)``: ``images`` float32 of shape (batch, H, W, 3) with values in
+[0, 255] (backbone preprocessing lives inside the models, or in the optional ``preprocess`` hook),
+``labels`` a dict task id -> int32 of shape (batch,) with values in {1, 0, -1}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from .manifest import LabeledDataset
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random training augmentations, with the semantics of Keras' ``ImageDataGenerator`` (which the
+    paper's code used): one affine transform per image about its centre.
+
+    Attributes:
+        horizontal_flip: flip left-right with probability 0.5.
+        rotation: maximum rotation in degrees (uniform in [-rotation, rotation]).
+        zoom: zoom range; x and y factors drawn independently from U[1 - zoom, 1 + zoom]
+            (factors > 1 zoom out).
+        shear: maximum shear angle in degrees.
+        width_shift: maximum horizontal shift, fraction of the width.
+        height_shift: maximum vertical shift, fraction of the height.
+        intensity: maximum relative brightness change (multiply by U[1 - i, 1 + i]). Off by default:
+            it changes what the ``light`` requisite measures.
+        fill_mode: how pixels outside the image are filled: "nearest", "reflect", "wrap" or "constant".
+    """
+
+    horizontal_flip: bool = True
+    rotation: float = 0.0
+    zoom: float = 0.15
+    shear: float = 0.15
+    width_shift: float = 0.1
+    height_shift: float = 0.1
+    intensity: float = 0.0
+    fill_mode: str = "nearest"
+
+    def validate(self) -> "AugmentConfig":
+        for name in ("rotation", "zoom", "shear", "width_shift", "height_shift", "intensity"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
+                raise ValueError(f"Augmentation {name} must be a non-negative number. Received: {name}={v!r}")
+        if self.zoom >= 1 or self.intensity >= 1:
+            raise ValueError(f"zoom and intensity must be below 1. Received: zoom={self.zoom}, "
+                             f"intensity={self.intensity}")
+        if self.fill_mode not in ("nearest", "reflect", "wrap", "constant"):
+            raise ValueError(f"fill_mode must be nearest, reflect, wrap or constant. Received: {self.fill_mode!r}")
+        return self
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.horizontal_flip and not any(
+            (self.rotation, self.zoom, self.shear, self.width_shift, self.height_shift, self.intensity))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Named augmentation settings. ``reference``: the paper's code after the rotation finding (flip, zoom
+#: 0.15, shifts 0.1, shear 0.15 degrees); ``paper``: as first described (with rotations of 20 degrees
+#: and shifts of 0.2); ``no_rotation``: ``paper`` without rotation (Handcrafted 2, Experiment IV);
+#: ``none``: no augmentation.
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "reference": AugmentConfig(),
+    "paper": AugmentConfig(rotation=20.0, width_shift=0.2, height_shift=0.2),
+    "no_rotation": AugmentConfig(rotation=0.0, width_shift=0.2, height_shift=0.2),
+    "none": AugmentConfig(horizontal_flip=False, rotation=0.0, zoom=0.0, shear=0.0, width_shift=0.0,
+                          height_shift=0.0),
+}
+
+
+def augment_config(preset: str = "reference", **overrides) -> AugmentConfig:
+    """A preset from :data:`AUGMENT_PRESETS` with some fields replaced."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"Unknown augmentation preset {preset!r}; choose one of {sorted(AUGMENT_PRESETS)}.")
+    return replace(AUGMENT_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+def _affine_params(cfg: AugmentConfig, seed, height: int, width: int):
+    """The 8 projective parameters (output pixel -> input pixel) and the brightness factor of one
+    image, from a stateless seed of shape (2,)."""
+    import tensorflow as tf
+
+    u = tf.random.stateless_uniform([8], seed=seed, minval=-1.0, maxval=1.0)
+    flip = tf.where(u[0] > 0, -1.0, 1.0) if cfg.horizontal_flip else tf.constant(1.0)
+    theta = u[1] * cfg.rotation * (math.pi / 180)
+    shear = u[2] * cfg.shear * (math.pi / 180)
+    zx = 1.0 + u[3] * cfg.zoom
+    zy = 1.0 + u[4] * cfg.zoom
+    tx = u[5] * cfg.width_shift * width
+    ty = u[6] * cfg.height_shift * height
+    gain = 1.0 + u[7] * cfg.intensity
+    c, s = tf.cos(theta), tf.sin(theta)
+    # M = rotation @ shear @ zoom @ flip maps an output offset from the centre to an input offset.
+    m00 = c * zx * flip
+    m01 = (-s * tf.cos(shear) - c * tf.sin(shear)) * zy
+    m10 = s * zx * flip
+    m11 = (c * tf.cos(shear) - s * tf.sin(shear)) * zy
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    params = tf.stack([m00, m01, cx + tx - m00 * cx - m01 * cy,
+                       m10, m11, cy + ty - m10 * cx - m11 * cy, 0.0, 0.0])
+    return params, gain
+
+
+def apply_affine(images, params, fill_mode: str = "nearest", interpolation: str = "bilinear"):
+    """Warp a batch: images float32 (B, H, W, C), params float32 (B, 8) mapping output to input pixels."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)[1:3]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=params, output_shape=shape, fill_value=0.0,
+        interpolation=interpolation.upper(), fill_mode=fill_mode.upper())
+
+
+class ImagePipeline:
+    """tf.data pipelines over one split of a :class:`LabeledDataset`.
+
+    Args:
+        ds: the images and labels.
+        image_size: side of the square model input, in pixels.
+        batch_size: images per batch.
+        augment: training augmentation (None or an identity config: none).
+        preprocess: optional function applied to float32 images in [0, 255] after augmentation
+            (the backbone's ``preprocess_input``); default none, because models carry it.
+        cache: True (memory), a file path prefix, or False.
+        interpolation: resize method, "bilinear" (anti-aliased; default) or "nearest" (the
+            reference code's choice).
+        seed: seed of shuffling and augmentation.
+        num_parallel_calls: parallelism of decoding (default: tf.data.AUTOTUNE).
+    """
+
+    def __init__(self, ds: LabeledDataset, image_size: int, batch_size: int = 32, *,
+                 augment: AugmentConfig | None = None, preprocess=None, cache=True,
+                 interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None):
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an integer of at least 8 pixels. Received: {image_size!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'nearest'. Received: {interpolation!r}")
+        if len(ds) == 0:
+            raise ValueError("Cannot build a pipeline over an empty split.")
+        self.ds = ds
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.augment = None if augment is None or augment.is_identity else augment.validate()
+        self.preprocess = preprocess
+        self.cache = cache
+        self.interpolation = interpolation
+        self.seed = int(seed)
+        self.num_parallel_calls = num_parallel_calls
+        self._base = None
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def steps(self) -> int:
+        """Batches per pass over the split (the last batch may be smaller)."""
+        return math.ceil(len(self.ds) / self.batch_size)
+
+    @property
+    def tasks(self) -> tuple:
+        return self.ds.tasks
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """Task id -> int array of shape (n,), in the order of :meth:`eval`."""
+        return {t: self.ds.labels[:, j].astype(np.int32) for j, t in enumerate(self.ds.tasks)}
+
+    def _decode(self, path):
+        import tensorflow as tf
+
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)
+        size = [self.image_size, self.image_size]
+        if self.interpolation == "nearest":
+            img = tf.image.resize(img, size, method="nearest")
+        else:
+            img = tf.image.resize(img, size, method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+    def base(self):
+        """(index, uint8 image) for every row, decoded, resized and cached once."""
+        import tensorflow as tf
+
+        if self._base is None:
+            par = self.num_parallel_calls or tf.data.AUTOTUNE
+            paths = tf.constant(self.ds.paths)
+            base = tf.data.Dataset.range(len(self.ds)).map(
+                lambda i: (tf.cast(i, tf.int32), self._decode(tf.gather(paths, i))), num_parallel_calls=par,
+                deterministic=True)
+            if self.cache:
+                base = base.cache("" if self.cache is True else str(self.cache))
+            self._base = base
+        return self._base
+
+    def _with_labels(self, ds):
+        import tensorflow as tf
+
+        table = tf.constant(self.ds.labels.astype(np.int32))
+        tasks = self.ds.tasks
+
+        def attach(idx, images):
+            rows = tf.gather(table, idx)
+            return images, {t: rows[:, j] for j, t in enumerate(tasks)}
+
+        return ds.map(attach, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _finish(self, ds):
+        import tensorflow as tf
+
+        if self.preprocess is not None:
+            fn = self.preprocess
+            ds = ds.map(lambda x, y: (fn(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def train(self, epoch: int = 0, *, shuffle: bool = True, drop_remainder: bool = False):
+        """The training pass of ``epoch``: shuffled and augmented deterministically from
+        ``(seed, epoch)``."""
+        import tensorflow as tf
+
+        ds = self.base()
+        if shuffle:
+            ds = ds.shuffle(len(self.ds), seed=self.seed * 100003 + int(epoch), reshuffle_each_iteration=False)
+        aug = self.augment
+        seed_hi = self.seed * 1000 + int(epoch)
+        h = w = self.image_size
+
+        if aug is not None:
+            def params(idx, img):
+                p, g = _affine_params(aug, tf.stack([seed_hi, idx]), h, w)
+                return idx, img, p, g
+
+            ds = ds.map(params, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(self.batch_size, drop_remainder=drop_remainder)
+        if aug is not None:
+            def warp(idx, img, p, g):
+                x = apply_affine(tf.cast(img, tf.float32), p, aug.fill_mode)
+                if aug.intensity > 0:
+                    x = tf.clip_by_value(x * g[:, None, None, None], 0.0, 255.0)
+                return idx, x
+
+            ds = ds.map(warp, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(lambda idx, img: (idx, tf.cast(img, tf.float32)), num_parallel_calls=tf.data.AUTOTUNE)
+        return self._finish(self._with_labels(ds))
+
+    def eval(self):
+        """The whole split in file order, no augmentation."""
+        import tensorflow as tf
+
+        ds = self.base().batch(self.batch_size)
+        ds = ds.map(lambda idx, img: (idx, tf.cast(img, tf.float32)), num_parallel_calls=tf.data.AUTOTUNE)
+        return self._finish(self._with_labels(ds))
+
+    def images(self) -> np.ndarray:
+        """All images of the split as uint8 (n, H, W, 3), in file order (for analysis and plots)."""
+        return np.concatenate([b.numpy() for _, b in self.base().batch(256)], 0)

@@ -1,0 +1,186 @@
+"""Train / validation / test splits that keep every requisite's rare classes in every split.
+
+:func:`stratified_split` is iterative stratification (Sechidis, Tsoumakas and Vlahavas, "On the
+Stratification of Multi-Label Data", ECML PKDD 2011) on the indicator columns "non-compliant" and "not
+applicable" of every task: the rarest indicator is distributed first, each of its rows going to the
+split that most lacks it, so even a requisite with a handful of non-compliant images gets them in
+proportion in train, validation and test. Seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..requisites import NON_COMPLIANT, NOT_APPLICABLE
+from .manifest import SPLIT_NAMES, DatasetError, LabeledDataset
+
+DEFAULT_FRACTIONS = (0.75, 0.15, 0.10)
+
+
+def stratified_split(labels: np.ndarray, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> np.ndarray:
+    """Assign each row to a split.
+
+    Args:
+        labels: int array of shape (n, n_tasks), values in {1, 0, -1}.
+        fractions: target share of each split, summing to 1.
+        seed: random seed (ties and row order).
+
+    Returns:
+        int array of shape (n,): the split index of each row (0 train, 1 val, 2 test for the default
+        three fractions).
+    """
+    labels = np.asarray(labels)
+    fractions = np.asarray(fractions, float)
+    if fractions.ndim != 1 or (fractions < 0).any() or abs(fractions.sum() - 1) > 1e-6:
+        raise ValueError(f"fractions must be non-negative and sum to 1. Received: {fractions.tolist()}")
+    n = labels.shape[0]
+    rng = np.random.default_rng(seed)
+    # Indicators of the rare states of each task (compliant is the common one).
+    y = np.concatenate([labels == NON_COMPLIANT, labels == NOT_APPLICABLE], axis=1)
+    y = y[:, y.any(0)]
+    desired = fractions[None, :] * y.sum(0)[:, None]  # (n_labels, n_splits)
+    desired_total = fractions * n
+    assign = np.full(n, -1)
+    remaining = y.copy()
+    order = rng.permutation(n)
+    active = np.ones(n, bool)
+    while True:
+        counts = remaining[active].sum(0)
+        if not counts.any():
+            break
+        lab = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+        rows = order[np.isin(order, np.flatnonzero(active & remaining[:, lab]))]
+        for r in rows:
+            need = desired[lab]
+            best = np.flatnonzero(need == need.max())
+            if len(best) > 1:
+                tot = desired_total[best]
+                best = best[tot == tot.max()]
+            s = int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+            assign[r] = s
+            active[r] = False
+            desired[:, s] -= y[r]
+            desired_total[s] -= 1
+        remaining[rows] = False
+    # Rows with no rare state: fill the splits up to their sizes.
+    for r in order[active[order]]:
+        s = int(np.argmax(desired_total))
+        assign[r] = s
+        desired_total[s] -= 1
+    return _refine(assign, y.astype(np.int64), fractions, rng)
+
+
+def _refine(assign: np.ndarray, y: np.ndarray, fractions: np.ndarray, rng, proposals_per_row: int = 20) -> np.ndarray:
+    """Swap rows between splits while that brings every indicator's per-split count closer to its
+    target (squared error weighted by 1 / target). Split sizes do not change. Greedy stratification
+    leaves visible deviations when rows carry several rare labels at once; this removes most of them.
+    """
+    n_splits = len(fractions)
+    if len(assign) < 2 or y.shape[1] == 0:
+        return assign
+    target = fractions[None, :] * y.sum(0)[:, None]  # (labels, splits)
+    weight = 1.0 / np.maximum(target, 1.0)
+    counts = np.stack([y[assign == s].sum(0) for s in range(n_splits)], 1).astype(float)
+    # 1. Exact split sizes: move the rows whose move hurts the label balance least.
+    want = np.floor(fractions * len(assign)).astype(int)
+    want[np.argsort(-(fractions * len(assign) - want))[: len(assign) - want.sum()]] += 1
+    while True:
+        have = np.bincount(assign, minlength=n_splits)
+        over, under = np.flatnonzero(have > want), np.flatnonzero(have < want)
+        if not len(over):
+            break
+        a, b = int(over[0]), int(under[0])
+        rows = np.flatnonzero(assign == a)
+        ca, cb = counts[:, a] - target[:, a], counts[:, b] - target[:, b]
+        ya = y[rows]
+        cost = (weight[:, a] * ((ca - ya) ** 2 - ca ** 2)).sum(1) + (weight[:, b] * ((cb + ya) ** 2 - cb ** 2)).sum(1)
+        r = rows[int(np.argmin(cost))]
+        assign[r] = b
+        counts[:, a] -= y[r]
+        counts[:, b] += y[r]
+    # 2. Swaps that improve the balance.
+    n_prop = proposals_per_row * len(assign)
+    first = rng.integers(len(assign), size=n_prop)
+    second = rng.integers(len(assign), size=n_prop)
+    for i, j in zip(first, second):
+        a, b = assign[i], assign[j]
+        if a == b:
+            continue
+        d = y[j] - y[i]  # change of split a's counts (b changes by -d)
+        if not d.any():
+            continue
+        ca, cb = counts[:, a] - target[:, a], counts[:, b] - target[:, b]
+        gain = (weight[:, a] * ((ca + d) ** 2 - ca ** 2)).sum() + (weight[:, b] * ((cb - d) ** 2 - cb ** 2)).sum()
+        if gain < -1e-12:
+            assign[i], assign[j] = b, a
+            counts[:, a] += d
+            counts[:, b] -= d
+    return assign
+
+
+@dataclass
+class SplitReport:
+    """Counts per split and task, and warnings for classes missing from a split."""
+
+    sizes: dict = field(default_factory=dict)  # split -> number of images
+    counts: dict = field(default_factory=dict)  # split -> task -> {1: n, 0: n, -1: n}
+    warnings: list = field(default_factory=list)
+    source: str = "stratified"  # or "column"
+
+    def summary(self) -> str:
+        lines = [f"split ({self.source}): " + ", ".join(f"{k} {v}" for k, v in self.sizes.items())]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class Splits:
+    train: LabeledDataset
+    val: LabeledDataset
+    test: LabeledDataset
+    report: SplitReport
+
+    def __getitem__(self, name: str) -> LabeledDataset:
+        if name not in SPLIT_NAMES:
+            raise KeyError(f"Unknown split {name!r}; use one of {SPLIT_NAMES}.")
+        return getattr(self, name)
+
+
+def split_dataset(ds: LabeledDataset, fractions=DEFAULT_FRACTIONS, seed: int = 0, use_column: bool = True) -> Splits:
+    """Split a dataset into train, validation and test.
+
+    Uses the dataset's own ``split`` column when it has one (and ``use_column``), else
+    :func:`stratified_split` with ``fractions`` and ``seed``. The report warns, per split, about every
+    task with no non-compliant or no compliant example (its EER is undefined there).
+
+    Raises:
+        DatasetError: a split is empty.
+    """
+    if ds.split is not None and use_column:
+        assign = np.array([SPLIT_NAMES.index(s) for s in ds.split])
+        source = "column"
+    else:
+        if len(fractions) != 3:
+            raise ValueError(f"fractions must have three values (train, val, test). Received: {fractions}")
+        assign = stratified_split(ds.labels, fractions, seed)
+        source = "stratified"
+    parts = {name: ds.subset(np.flatnonzero(assign == i)) for i, name in enumerate(SPLIT_NAMES)}
+    report = SplitReport(source=source)
+    for name, part in parts.items():
+        if len(part) == 0:
+            raise DatasetError(f"The {name} split of {ds.root} is empty ({len(ds)} images in all). Fix: add "
+                               "images, change the split fractions, or correct the split column.")
+        report.sizes[name] = len(part)
+        report.counts[name] = part.label_counts()
+        for t, c in report.counts[name].items():
+            if c[0] == 0 and c[1] > 0:
+                report.warnings.append(f"task {t!r} has no non-compliant example in the {name} split "
+                                       f"({c[1]} compliant): its EER is undefined there.")
+            elif c[1] == 0 and c[0] > 0:
+                report.warnings.append(f"task {t!r} has no compliant example in the {name} split "
+                                       f"({c[0]} non-compliant): its EER is undefined there.")
+            elif c[0] == 0 and c[1] == 0:
+                report.warnings.append(f"task {t!r} has no labelled example in the {name} split.")
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], report=report)
