@@ -1,0 +1,25 @@
+"""The notebooks run end to end with small settings."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def run_notebook(name: str, tmp_path, monkeypatch, timeout: int = 600):
+    monkeypatch.setenv("ICAO_MTL_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("ICAO_MTL_DATA", str(tmp_path / "data"))
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return nb
+
+
+def test_dataset_tour(tmp_path, monkeypatch):
+    nb = run_notebook("00_dataset_tour.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # the figures were drawn
+    assert (tmp_path / "data" / "synthetic_n200_s128_seed0" / "labels.csv").is_file()
