@@ -22,13 +22,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
 
     Use it for writers that insist on writing a file themselves (``model.save``,
-    ``cv2.imwrite``, ``fig.savefig``). The temporary name keeps ``suffix`` (default: the suffix of
-    ``path``) because some writers choose the format from it.
+    ``cv2.imwrite``, ``fig.savefig``). The temporary name ends with ``suffix`` (default: all the
+    suffixes of ``path``, e.g. ``.weights.h5``) because some writers choose the format from it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix and path.name.endswith(suffix) else path.stem
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.tmp.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

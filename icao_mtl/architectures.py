@@ -1,0 +1,250 @@
+"""The paper's networks: single-task (STL), Handcrafted 1, 2 and 3, and the NAS generic model.
+
+Every model takes raw RGB images (values in [0, 255]) and returns a dict ``{task id: probabilities of
+shape (batch, 2)}`` (column 1 = compliant), one softmax output per task, named by the task id. Labels
+are matched to outputs by these names, never by position: the reference code listed its grouped
+outputs in group order but fed labels in requisite order, so each head learned another requisite's
+labels (spec section 5.8). Layers of the heads are named ``head_*`` so the backbone can be found in
+any model (:func:`icao_mtl.backbones.backbone_layers`). No Lambda layers: models save as ``.keras``
+and load with ``safe_mode=True``.
+
+Reference: Gadelha, Gomes and Batista, "Neural Architecture Search in the Context of Deep
+Multi-Task Learning", VISAPP 2023 (sections 3.4.1-3.4.3); layer details from the authors' code as
+documented in spec/icao_paper.md section 5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import keras
+
+from .backbones import HEAD_PREFIX, build_backbone, check_image_size, spec
+from .errors import ConfigError
+
+ARCHITECTURES: dict[str, Callable] = {}
+
+# Handcrafted 3, per group in order: convolutions of the group block and dense layers per task.
+HC3_GROUP_CONVS = (3, 4, 4, 3)
+HC3_TASK_DENSES = (3, 2, 3, 3)
+
+
+def register(name: str):
+    def deco(fn):
+        ARCHITECTURES[name] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class ModelConfig:
+    """What to build.
+
+    Attributes:
+        approach: "stl", "hc1", "hc2", "hc3" or "nas".
+        backbone: a key of :data:`icao_mtl.backbones.BACKBONES`.
+        weights: "imagenet", "none" or a weights file.
+        image_size: input side in pixels (default: the backbone's).
+        alpha: MobileNetV2 width multiplier.
+        dropout: dropout rate of Handcrafted 1 (STL's 0.5 is fixed, as in the paper's code).
+        nas_config: branch depths (n1, ..., nG), one per task group, for approach "nas".
+        seed: seed of the head initialisers.
+    """
+
+    approach: str = "hc3"
+    backbone: str = "small_cnn"
+    weights: str = "none"
+    image_size: int | None = None
+    alpha: float = 1.0
+    dropout: float = 0.3
+    nas_config: tuple | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def resolved_size(self) -> int:
+        return self.image_size or spec(self.backbone).default_size
+
+    def validate(self) -> "ModelConfig":
+        if self.approach not in ARCHITECTURES:
+            raise ConfigError(f"Unknown approach {self.approach!r}. Fix: choose one of {', '.join(ARCHITECTURES)}.")
+        spec(self.backbone)
+        check_image_size(self.backbone, self.resolved_size())
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1). Received: dropout={self.dropout}. Fix: e.g. --dropout 0.3.")
+        if self.approach == "nas" and self.nas_config is None:
+            raise ConfigError("Approach 'nas' needs a configuration of branch depths. Fix: pass --nas-config 2,1,3,2 "
+                              "(one depth per task group).")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["nas_config"] = list(self.nas_config) if self.nas_config is not None else None
+        return d
+
+
+def _rn(seed: int, k: int):
+    """RandomNormal(0, 1e-4) as in the reference code, with a distinct seed per layer: in Keras 3 one
+    seeded initializer shared by several layers gives them identical kernels (spec section 5.3)."""
+    return keras.initializers.RandomNormal(mean=0.0, stddev=1e-4, seed=seed * 1000 + k)
+
+
+def _output(x, task: str, **kwargs):
+    # float32 outputs: under mixed precision the softmax and the loss stay in full precision.
+    return keras.layers.Dense(2, activation="softmax", name=task, dtype="float32", **kwargs)(x)
+
+
+def _groups_for(tasks, groups) -> dict[str, tuple]:
+    """The groups restricted to ``tasks`` (empty groups dropped), every task in exactly one group."""
+    out = {g: tuple(t for t in members if t in tasks) for g, members in groups.items()}
+    out = {g: m for g, m in out.items() if m}
+    placed = [t for m in out.values() for t in m]
+    missing = [t for t in tasks if t not in placed]
+    if missing:
+        out["other"] = tuple(missing)
+    if len(placed) != len(set(placed)):
+        raise ConfigError(f"A task appears in several groups: {groups}. Fix: put each task in one group.")
+    return out
+
+
+@register("stl")
+def stl_head(features, tasks, groups, cfg: ModelConfig):
+    """One network per requisite: [InceptionV3: AveragePooling 8x8] -> Flatten -> D(128, relu) ->
+    Dropout(0.5) -> D(2, softmax). Built for one task at a time."""
+    if len(tasks) != 1:
+        raise ConfigError(f"STL builds one model per requisite; build_model got {len(tasks)} tasks. Fix: use "
+                          "build_stl_models, or pass one task.")
+    (task,) = tasks
+    x = features
+    if cfg.backbone == "inception_v3":
+        x = keras.layers.AveragePooling2D((8, 8), name=f"{HEAD_PREFIX}avg_pool")(x)
+    x = keras.layers.Flatten(name=f"{HEAD_PREFIX}flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", kernel_initializer=_rn(cfg.seed, 1), name=f"{HEAD_PREFIX}dense")(x)
+    x = keras.layers.Dropout(0.5, seed=cfg.seed, name=f"{HEAD_PREFIX}dropout")(x)
+    return {task: _output(x, task, kernel_initializer=_rn(cfg.seed, 2))}
+
+
+@register("hc1")
+def hc1_head(features, tasks, groups, cfg: ModelConfig):
+    """Handcrafted 1: GAP -> D(256) -> Drop -> D(128) -> Drop -> per task D(64) -> Drop -> D(2)."""
+    d = cfg.dropout
+    x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}gap")(features)
+    x = keras.layers.Dense(256, activation="relu", kernel_initializer=_rn(cfg.seed, 1), name=f"{HEAD_PREFIX}shared_1")(x)
+    x = keras.layers.Dropout(d, seed=cfg.seed, name=f"{HEAD_PREFIX}shared_1_drop")(x)
+    x = keras.layers.Dense(128, activation="relu", kernel_initializer=_rn(cfg.seed, 2), name=f"{HEAD_PREFIX}shared_2")(x)
+    x = keras.layers.Dropout(d, seed=cfg.seed + 1, name=f"{HEAD_PREFIX}shared_2_drop")(x)
+    out = {}
+    for i, t in enumerate(tasks):
+        b = keras.layers.Dense(64, activation="relu", kernel_initializer=_rn(cfg.seed, 10 + 2 * i),
+                               name=f"{HEAD_PREFIX}{t}_dense_1")(x)
+        b = keras.layers.Dropout(d, seed=cfg.seed + 2 + i, name=f"{HEAD_PREFIX}{t}_drop")(b)
+        out[t] = _output(b, t, kernel_initializer=_rn(cfg.seed, 11 + 2 * i))
+    return out
+
+
+def _dense_branch(x, task: str, depth: int):
+    for j in range(depth):
+        x = keras.layers.Dense(64, activation="relu", name=f"{HEAD_PREFIX}{task}_dense_{j + 1}")(x)
+    return _output(x, task)
+
+
+@register("hc2")
+def hc2_head(features, tasks, groups, cfg: ModelConfig):
+    """Handcrafted 2: GAP -> per task D(64) -> D(2) (no shared dense layers, no dropout)."""
+    x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}gap")(features)
+    return {t: _dense_branch(x, t, 1) for t in tasks}
+
+
+@register("nas")
+def nas_head(features, tasks, groups, cfg: ModelConfig):
+    """The NAS generic model: GAP -> for each task of group g, n_g D(64) layers -> D(2).
+
+    As in the reference code, tasks of a group share the depth n_g, not weights; with every
+    n_g = 1 the model is Handcrafted 2."""
+    grouped = _groups_for(tasks, groups)
+    depths = tuple(int(n) for n in cfg.nas_config)
+    if len(depths) != len(grouped) or min(depths) < 1:
+        raise ConfigError(f"nas_config {list(depths)} must give one depth >= 1 for each of the {len(grouped)} task "
+                          f"groups {list(grouped)}. Fix: e.g. --nas-config {','.join(['2'] * len(grouped))}.")
+    x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}gap")(features)
+    out = {}
+    for n, members in zip(depths, grouped.values()):
+        for t in members:
+            out[t] = _dense_branch(x, t, n)
+    return {t: out[t] for t in tasks}
+
+
+@register("hc3")
+def hc3_head(features, tasks, groups, cfg: ModelConfig):
+    """Handcrafted 3: a shared conv block, one row band of the pooled map per task group, a conv
+    block per group, then per task Flatten -> n x D(64) -> D(2).
+
+    As in the reference code: Conv2D(256, 3x3) x 2 -> MaxPool 2 on the backbone map (VGG16: 7x7x512 ->
+    4x4x256); the flattened map is cut into one contiguous chunk per group, which is exactly one row
+    band of the pooled map, and each chunk is read as a (1, L/32, 32) tensor; group g applies
+    (3, 4, 4, 3)[g] convolutions of 32 filters and a max pooling; each of its tasks has
+    (3, 2, 3, 3)[g] dense layers of 64 units.
+    """
+    grouped = _groups_for(tasks, groups)
+    x = features
+    for j in (1, 2):
+        x = keras.layers.Conv2D(256, 3, padding="same", activation="relu", name=f"{HEAD_PREFIX}shared_conv_{j}")(x)
+    x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"{HEAD_PREFIX}shared_pool")(x)
+    rows, cols, ch = (int(v) for v in x.shape[1:])
+    n_groups = len(grouped)
+    if rows < n_groups:
+        raise ConfigError(
+            f"Handcrafted 3 gives each of the {n_groups} task groups one row band of the pooled feature map, but "
+            f"{cfg.backbone} at {cfg.resolved_size()} px leaves {rows} rows. Fix: use a larger --img-size "
+            f"(e.g. {spec(cfg.backbone).default_size}).")
+    out = {}
+    for g, (name, members) in enumerate(grouped.items()):
+        top, bottom = math.floor(g * rows / n_groups), math.floor((g + 1) * rows / n_groups)
+        band = keras.layers.Cropping2D(((top, rows - bottom), (0, 0)), name=f"{HEAD_PREFIX}{name}_band")(x)
+        length = (bottom - top) * cols * ch
+        b = keras.layers.Reshape((1, length // 32, 32), name=f"{HEAD_PREFIX}{name}_reshape")(band)
+        for j in range(HC3_GROUP_CONVS[g % len(HC3_GROUP_CONVS)]):
+            b = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{HEAD_PREFIX}{name}_conv_{j + 1}")(b)
+        b = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"{HEAD_PREFIX}{name}_pool")(b)
+        for t in members:
+            f = keras.layers.Flatten(name=f"{HEAD_PREFIX}{t}_flatten")(b)
+            out[t] = _dense_branch(f, t, HC3_TASK_DENSES[g % len(HC3_TASK_DENSES)])
+    return {t: out[t] for t in tasks}
+
+
+def build_model(cfg: ModelConfig, tasks, groups: dict | None = None) -> keras.Model:
+    """Build the model ``cfg.approach`` for ``tasks``.
+
+    Args:
+        cfg: what to build (validated here, before any layer exists).
+        tasks: task ids, in the order of the output dict.
+        groups: task groups (needed by hc3 and nas), group name -> task ids.
+
+    Returns:
+        A functional model: input "image" (size, size, 3) raw RGB; outputs {task: (batch, 2)}.
+    """
+    cfg.validate()
+    tasks = tuple(tasks)
+    if not tasks:
+        raise ConfigError("No tasks to build a model for. Fix: pass at least one task id.")
+    size = cfg.resolved_size()
+    inputs = keras.Input((size, size, 3), name="image")
+    features, _ = build_backbone(cfg.backbone, inputs, weights=cfg.weights, alpha=cfg.alpha)
+    outputs = ARCHITECTURES[cfg.approach](features, tasks, groups or {"all": tasks}, cfg)
+    name = f"{cfg.approach}_{cfg.backbone}" + (f"_{tasks[0]}" if cfg.approach == "stl" else "")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_stl_models(cfg: ModelConfig, tasks) -> dict[str, keras.Model]:
+    """One STL model per task (each with its own backbone, as in the paper)."""
+    return {t: build_model(cfg, (t,)) for t in tasks}
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    """Trainable, non-trainable and total parameter counts."""
+    import numpy as np
+
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    frozen = int(sum(np.prod(v.shape) for v in model.non_trainable_weights))
+    return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
