@@ -1,0 +1,271 @@
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from icao_mtl.architectures import ModelConfig, build_model
+from icao_mtl.errors import NonFiniteLossError
+from icao_mtl.losses import MaskedMultiTaskLoss
+from icao_mtl.requisites import GROUPS, IDS
+from icao_mtl.training import (Engine, Phase, finetune_phases, optimizer_factory, reset_optimizer, set_precision)
+
+HERE = Path(__file__).resolve().parent
+
+
+def _arrays_source(x, y, batch=8):
+    def make(epoch):
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    return make
+
+
+def test_masked_loss_ignores_not_applicable_labels():
+    loss = MaskedMultiTaskLoss(["a", "b"], {"a": 2.0, "b": 1.0})
+    p = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], "float32")
+    total, logs = loss({"a": np.array([1, 0, -1]), "b": np.array([-1, -1, -1])}, {"a": p, "b": p})
+    expected = 2.0 * (-np.log(0.8) - np.log(0.6)) / 2
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(logs["n/a"]) == 2 and float(logs["n/b"]) == 0 and float(logs["correct/a"]) == 2
+
+
+def test_every_output_sees_its_own_requisites_labels():
+    """HC3 lists its outputs in group order; labels reach them by name. Each head's bias is trained
+    towards its own task's labels, whatever the output order."""
+    model = build_model(ModelConfig("hc3", "small_cnn", "none"), IDS, GROUPS)
+    assert list(model.output_names) != list(IDS)  # group order, not requisite order
+    for layer in model.layers:
+        layer.trainable = layer.name in IDS  # only the output layers learn
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 128, 128, 3)).astype("float32")
+    # task i has compliant share (i + 1) / 24; a head trained on another task's labels would be off
+    share = {t: (i + 1) / 24 for i, t in enumerate(IDS)}
+    y = {t: (rng.random(16) < share[t]).astype("int32") for t in IDS}
+    for t in IDS:
+        y[t][: 16 - round(16 * share[t])] = 0
+        y[t][16 - round(16 * share[t]):] = 1
+    eng = Engine(model, IDS, optimizer=lambda: keras.optimizers.Adam(0.05), monitor="loss", verbose=0)
+    eng.fit([Phase("train", 40)], {"train": _arrays_source(x, y, 16)})
+    scores = eng.predict(_arrays_source(x, y, 16)(0))
+    for t in IDS:
+        assert scores[t].mean() == pytest.approx(y[t].mean(), abs=0.06), t
+
+
+def test_reference_schedule_is_keras2_adam_decay():
+    opt = optimizer_factory("adam", 1e-3, schedule="reference", epochs=10)()
+    for t in (0, 100, 1370):
+        assert float(opt.learning_rate(t) if callable(opt.learning_rate) else opt._learning_rate(t)) == pytest.approx(
+            1e-3 / (1 + 1e-4 * t))
+
+
+def test_reset_optimizer_zeroes_state_and_keeps_the_learning_rate():
+    v = tf.Variable([1.0, 2.0])
+    opt = keras.optimizers.Adam(0.01)
+    opt.build([v])
+    opt.apply([tf.constant([0.5, -0.5])], [v])
+    assert int(opt.iterations) == 1
+    reset_optimizer(opt)
+    assert int(opt.iterations) == 0 and float(opt.learning_rate) == pytest.approx(0.01)
+    assert all(float(tf.reduce_sum(tf.abs(s))) == 0 for s in opt.variables if "learning_rate" not in s.path)
+
+
+def _tiny_model(tasks=("a", "b")):
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp / 255.0)
+    h = keras.layers.GlobalAveragePooling2D(name="head_gap")(h)
+    return keras.Model(inp, {t: keras.layers.Dense(2, activation="softmax", name=t)(h) for t in tasks})
+
+
+def _tiny_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32")
+    y = {"a": (x[..., 0].mean((1, 2)) > 127).astype("int32"), "b": rng.integers(0, 2, n).astype("int32")}
+    return x, y
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    x, y = _tiny_data()
+
+    def source(epoch):
+        xe = x.copy()
+        if epoch == 1:
+            xe[9] = np.nan
+        return tf.data.Dataset.from_tensor_slices((xe, y)).batch(8)
+
+    eng = Engine(_tiny_model(), ("a", "b"), optimizer=lambda: keras.optimizers.Adam(1e-3), run_dir=tmp_path,
+                 monitor="loss", verbose=0)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, pass 'train', step 2") as err:
+        eng.fit([Phase("train", 3)], {"train": source})
+    assert "last good checkpoint (epoch 1)" in str(err.value) and "Fix:" in str(err.value)
+    with np.load(tmp_path / "checkpoints" / "last.npz") as f:
+        state = json.loads(f["state"].tobytes())
+    assert state["epoch"] == 1
+
+
+def test_finetune_phases_unfreeze_then_freeze_the_backbone():
+    tasks = ("a", "b")
+    model = build_model(ModelConfig("hc2", "small_cnn", "none", image_size=32), tasks)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = {"a": np.r_[np.zeros(8), np.ones(8)].astype("int32"), "b": np.tile([0, 1], 8).astype("int32")}
+    snapshots = []
+
+    class Snap(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(model.get_layer("small_cnn_block2_conv").kernel.numpy().copy())
+
+    before = model.get_layer("small_cnn_block2_conv").kernel.numpy().copy()
+    eng = Engine(model, tasks, optimizer=lambda: keras.optimizers.Adam(1e-2), monitor="loss", verbose=0)
+    hist = eng.fit(finetune_phases(1, 2, tasks, "all"), {"train": _arrays_source(x, y)}, callbacks=[Snap()])
+    assert [h["phase"] for h in hist] == ["finetune", "train", "train"]
+    assert not np.allclose(before, snapshots[0])  # the backbone learned while unfrozen
+    np.testing.assert_array_equal(snapshots[0], snapshots[2])  # and stayed put once frozen again
+
+
+def test_keras_callbacks_can_stop_training():
+    x, y = _tiny_data()
+
+    class StopAtSecond(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    eng = Engine(_tiny_model(), ("a", "b"), optimizer=lambda: keras.optimizers.Adam(1e-3), monitor="loss", verbose=0)
+    assert len(eng.fit([Phase("train", 5)], {"train": _arrays_source(x, y)}, callbacks=[StopAtSecond()])) == 2
+
+
+def test_selects_the_best_epoch_on_validation_and_restores_it():
+    x, y = _tiny_data(64)
+    eng = Engine(_tiny_model(), ("a", "b"), optimizer=lambda: keras.optimizers.Adam(3e-2), monitor="val_loss",
+                 verbose=0)
+    hist = eng.fit([Phase("train", 6)], {"train": _arrays_source(x, y)}, _arrays_source(x, y)(0))
+    best = min(range(6), key=lambda i: hist[i]["val_loss"])
+    assert eng.best["epoch"] == best + 1
+    assert eng.evaluate(_arrays_source(x, y)(0))["loss"] == pytest.approx(hist[best]["val_loss"], rel=1e-4)
+
+
+def test_mixed_precision_bfloat16_trains_with_float32_outputs():
+    try:
+        set_precision("bfloat16")
+        model = build_model(ModelConfig("hc2", "small_cnn", "none", image_size=32), ("a", "b"))
+        x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+        y = {"a": np.tile([0, 1], 8).astype("int32"), "b": np.tile([1, 0], 8).astype("int32")}
+        eng = Engine(model, ("a", "b"), optimizer=lambda: keras.optimizers.Adam(1e-3), monitor="loss", verbose=0)
+        hist = eng.fit([Phase("train", 2)], {"train": _arrays_source(x, y)})
+        assert model.get_layer("small_cnn_block1_conv").compute_dtype == "bfloat16"
+        assert model(x)["a"].dtype == "float32" and all(math.isfinite(h["loss"]) for h in hist)
+    finally:
+        set_precision("none")
+
+
+def _run_worker(mode, env=None, timeout=240):
+    out = subprocess.run([sys.executable, str(HERE / "_strategy_worker.py"), mode], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_on_two_devices_equals_one_device():
+    single = _run_worker("single")
+    mirrored = _run_worker("mirrored")
+    assert mirrored["replicas"] == 2
+    assert mirrored["checksum"] == pytest.approx(single["checksum"], rel=1e-5)
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_strategy_with_two_cpu_workers_on_localhost():
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "_strategy_worker.py"), "multiworker"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    single = _run_worker("single")
+    assert [r["chief"] for r in results] == [True, False] and results[0]["replicas"] == 2
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)  # workers stay in sync
+    assert results[0]["checksum"] == pytest.approx(single["checksum"], rel=1e-4)  # and equal one device
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
+    from icao_mtl.synth import SynthConfig, generate
+
+    data = generate(tmp_path / "d", SynthConfig(n=240, size=64, seed=1), progress=False)
+    env = {**os.environ, "TF_DETERMINISTIC_OPS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = [sys.executable, "-m", "icao_mtl.train", "--data", str(data), "--img-size", "64", "--epochs", "5",
+            "--batch-size", "16", "--quiet", "--check-images", "none"]
+    full = subprocess.run(args + ["--out", str(tmp_path / "full")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    # The same command, killed with SIGKILL after its second epoch, then resumed.
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = tmp_path / "cut" / "checkpoints" / "last.npz"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if last.is_file():
+            try:
+                with np.load(last) as f:
+                    if json.loads(f["state"].tobytes())["epoch"] >= 2:
+                        break
+            except (OSError, ValueError, KeyError):
+                pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = subprocess.run(args + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming after epoch" in resumed.stdout
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert b["test"]["eer_mean"] == pytest.approx(a["test"]["eer_mean"], abs=2e-3)
+    ha = json.loads((tmp_path / "full" / "history.json").read_text())["hc2"]
+    hb = json.loads((tmp_path / "cut" / "history.json").read_text())["hc2"]
+    assert len(hb) == 5
+    np.testing.assert_allclose([h["val_loss"] for h in hb], [h["val_loss"] for h in ha], rtol=1e-3)
+    # --resume with another configuration is refused, naming the difference
+    changed = [("7" if a == "5" and args[i - 1] == "--epochs" else a) for i, a in enumerate(args)]
+    other = subprocess.run(changed + ["--out", str(tmp_path / "cut"), "--resume"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert other.returncode == 2 and "epochs: 5 in the run, 7 now" in other.stderr
+
+
+def test_float16_mixed_precision_uses_loss_scaling():
+    try:
+        set_precision("float16")
+        x, y = _tiny_data()
+        eng = Engine(_tiny_model(), ("a", "b"), optimizer=lambda: keras.optimizers.Adam(1e-3), monitor="loss",
+                     verbose=0)
+        hist = eng.fit([Phase("train", 2)], {"train": _arrays_source(x, y)})
+        assert isinstance(eng.optimizers["model"], keras.optimizers.LossScaleOptimizer)
+        assert all(math.isfinite(h["loss"]) for h in hist)
+    finally:
+        set_precision("none")
+
+
+def test_paper_presets_are_valid_configurations():
+    from icao_mtl.config import PAPER_PRESETS, TrainConfig
+
+    for name, preset in PAPER_PRESETS.items():
+        cfg = TrainConfig().copy(**preset, **({"nas_config": [2, 1, 3, 2]} if preset["approach"] == "nas" else {}))
+        assert cfg.validate().frozen_backbone(), name
