@@ -1,7 +1,17 @@
-"""``python -m icao_mtl.train``: prepares the default dataset.
+"""``python -m icao_mtl.train``: train a model and write a run directory.
 
-The training engine is not part of this package yet: this command generates the synthetic set into
-``data/`` if it is missing, validates and splits it, and says what it would train. It trains nothing.
+With no argument: renders the synthetic set into ``data/`` if it is missing, trains the default model
+(Handcrafted 2 heads on the small CNN, from scratch, 128 px), evaluates it on the test split, prints
+the per-requisite EER table and writes ``runs/<approach>_<backbone>_<hash>_<time>/``.
+
+Examples::
+
+    python -m icao_mtl.train
+    python -m icao_mtl.train --approach hc3 --backbone vgg16 --weights imagenet --epochs 200 \\
+        --finetune-epochs 10 --data /path/to/fvc_icao --mapping fvc.json
+    python -m icao_mtl.train --approach nas --nas-config 2,1,3,2 --backbone mobilenet_v2 --weights imagenet
+    python -m icao_mtl.train --preset hc2_exp4 --data /path/to/fvc_icao      # the paper's HC2, Experiment IV
+    python -m icao_mtl.train --resume --out runs/my_run        # continue after an interruption
 """
 
 from __future__ import annotations
@@ -9,24 +19,100 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data
+from .config import APPROACHES, PAPER_PRESETS, TrainConfig
+from .errors import IcaoMtlError
+
+# command-line flag -> config field (flags default to None: only the ones given override --config)
+_FLAGS = {
+    "data": str, "mapping": str, "approach": str, "backbone": str, "weights": str, "img_size": int, "alpha": float,
+    "dropout": float, "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "lr_schedule": str,
+    "loss_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
+    "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
+    "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "strategy": str,
+    "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str,
+}
+_HELP = {
+    "data": "dataset directory, or synthetic (default) / digits / lfw",
+    "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
+    "approach": f"one of {', '.join(APPROACHES)} (default hc2)",
+    "backbone": "small_cnn (default), vgg16, vgg19, mobilenet_v2, inception_v3, resnet50_v2",
+    "weights": "imagenet, none (default) or a weights file",
+    "img_size": "input side in pixels (default: the backbone's, 128 for small_cnn)",
+    "alpha": "MobileNetV2 width multiplier",
+    "dropout": "dropout of Handcrafted 1 (default 0.3)",
+    "epochs": "training epochs (the paper: 10, 50 or 200)",
+    "lr_schedule": "constant, reference (the paper code's Adam decay) or cosine",
+    "loss_weight": "weight of every task's loss (the reference code: 0.1)",
+    "augment": "augmentation preset: reference (default), paper, no_rotation, none",
+    "shift": "width and height shift fraction", "rotation": "rotation range in degrees",
+    "finetune_epochs": "Experiment III: epochs with the backbone unfrozen before --epochs with it frozen",
+    "finetune_unfreeze": "all (the paper) or last:2 (the reference code)",
+    "monitor": "model selection: val_accuracy (the paper), val_loss (the reference code) or val_eer",
+    "patience": "early stopping patience in epochs (default: none, as in the paper)",
+    "interpolation": "resize: bilinear (default) or nearest (the reference code)",
+    "eer_method": "fvc (default, FVC2000 / pyeer) or roc (interpolated ROC crossing)",
+    "bootstrap": "bootstrap resamples for 95%% EER intervals (default 0: none)",
+    "strategy": "none, mirrored, or multiworker (TF_CONFIG)",
+    "mixed_precision": "none, auto, float16 or bfloat16",
+    "out": "run directory (default runs/<approach>_<backbone>_<hash>_<time>)",
+    "check_images": "decode (default), exists or none",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m icao_mtl.train", description=__doc__.split("\n")[0][4:],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", help="JSON configuration file (flags given here override it)")
+    p.add_argument("--preset", choices=sorted(PAPER_PRESETS), default=None,
+                   help="one of the paper's reported experiments (needs ImageNet weights or --weights PATH)")
+    for name, typ in _FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=_HELP.get(name))
+    p.add_argument("--nas-config", dest="nas_config", default=None, help="branch depths per task group, e.g. 2,1,3,2")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the tasks")
+    p.add_argument("--no-flip", dest="flip", action="store_const", const=False, default=None, help="no horizontal flips")
+    p.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_const", const=True, default=None)
+    p.add_argument("--train-backbone", dest="freeze_backbone", action="store_const", const=False, default=None)
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=False, default=None)
+    p.add_argument("--split", default=None, help="train,val,test fractions (default 0.75,0.15,0.10)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    if args.preset:
+        base = base.copy(**PAPER_PRESETS[args.preset])
+    if args.resume and not args.config and args.out:
+        from pathlib import Path
+
+        stored = Path(args.out) / "config.json"
+        if stored.is_file():
+            base = TrainConfig.from_json(stored)
+    changes = {k: getattr(args, k) for k in (*_FLAGS, "flip", "freeze_backbone", "cache") if getattr(args, k) is not None}
+    if args.nas_config:
+        try:
+            changes["nas_config"] = [int(v) for v in args.nas_config.split(",")]
+        except ValueError:
+            raise IcaoMtlError(f"--nas-config must be integers separated by commas, e.g. 2,1,3,2. Received: "
+                               f"{args.nas_config!r}") from None
+    if args.tasks:
+        changes["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.split:
+        changes["split"] = [float(v) for v in args.split.split(",")]
+    return base.copy(**changes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icao_mtl.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help="dataset directory, or synthetic / digits / lfw")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        ds = data.load(args.data, seed=args.seed)
-    except data.DatasetError as exc:
+        cfg = config_from_args(args).validate()
+        from .runs import train
+
+        train(cfg, resume=args.resume, verbose=2 if args.quiet else 1)
+    except IcaoMtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    splits = data.split_dataset(ds, seed=args.seed)
-    print(ds.report.summary())
-    print(splits.report.summary())
-    print(f"Would train a multi-task model on {len(ds.tasks)} tasks; the training engine is not implemented "
-          "yet, so nothing was trained.")
     return 0
 
 

@@ -215,3 +215,9 @@ def test_digits_and_lfw_task_sets(data_root):
 def test_named_set_or_path_errors(tmp_path):
     with pytest.raises(DatasetError, match="neither a dataset directory nor one of"):
         data.resolve(str(tmp_path / "nope"))
+
+
+def test_a_task_subset_skips_the_other_requisite_columns(synth_small):
+    ds = read_dataset(synth_small, tasks=["veil", "blurred"], check_images="exists")
+    assert ds.tasks == ("veil", "blurred") and ds.labels.shape == (240, 2)
+    assert ds.groups == {"g0": ("blurred",), "g1": ("veil",)}

@@ -23,3 +23,11 @@ def test_dataset_tour(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # the figures were drawn
     assert (tmp_path / "data" / "synthetic_n200_s128_seed0" / "labels.csv").is_file()
+
+
+def test_stl_vs_mtl(tmp_path, monkeypatch):
+    nb = run_notebook("01_stl_vs_mtl.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "| ICAO Rq. | STL | MTL 1 | MTL 2 | MTL 3 |" in text
+    assert (tmp_path / "runs" / "notebook_01" / "hc3" / "metrics.json").is_file()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..requisites import GROUPS, IDS, LABEL_CODES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -33,7 +34,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _MAX_LISTED = 10
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A dataset cannot be used as it is; the message says where and how to fix it."""
 
 
@@ -267,7 +268,8 @@ def read_dataset(path: str | os.PathLike, *, tasks=None, mapping: ColumnMapping 
     table = table.rename(columns=renamed)
     split_col = mapping.columns.get(mapping.split, mapping.split)
     ignored = {mapping.columns.get(c, c) for c in mapping.ignore}
-    known = set(tasks) | {image_col, split_col} | ignored
+    declared = set(meta.get("tasks") or IDS)  # the dataset's own tasks: unselected ones are skipped, not unknown
+    known = set(tasks) | declared | {image_col, split_col} | ignored
     unknown = [c for c in table.columns if c not in known]
     if unknown:
         hint = [c for c in unknown if c in IDS]

@@ -1,0 +1,159 @@
+"""Training and inference speed, side by side in one run. Writes results/bench_training.json.
+
+1. The engine against ``keras.Model.fit`` on the same model (Handcrafted 2 on the small CNN, 128 px)
+   and the same cached, augmented tf.data pipeline: training images/s, median of epochs 2-6.
+2. Inference: one Handcrafted 2 model (23 outputs) against the 23 STL models the paper's single-task
+   approach needs, images/s for the 23 answers of an image (small CNN at 128 px; MobileNetV2 at 224).
+3. With ``--default-run``: peak resident memory (RSS) and wall time of ``python -m icao_mtl.train``
+   with no argument, in a child process.
+
+    python benchmarks/bench_training.py [--n 1500] [--default-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import write
+
+
+def _engine_vs_fit(root, n_epochs=6):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from icao_mtl import data
+    from icao_mtl.architectures import ModelConfig, build_model
+    from icao_mtl.losses import MaskedMultiTaskLoss
+    from icao_mtl.training import Engine, Phase
+
+    ds = data.read_dataset(root, check_images="none")
+    ds.labels[ds.labels < 0] = 0  # Model.fit has no masking: compare on plain binary labels
+    pipe = data.ImagePipeline(ds, 128, 32, augment=data.augment_config("reference"))
+    for _ in pipe.train(0):
+        pass  # fill the cache
+    tasks = ds.tasks
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig("hc2", "small_cnn", "none"), tasks, ds.groups)
+    engine = Engine(model, tasks, optimizer=lambda: keras.optimizers.Adam(1e-3), monitor="loss", verbose=0,
+                    loss=MaskedMultiTaskLoss(tasks, 0.1))
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    engine.fit([Phase("train", n_epochs)], {"train": pipe}, callbacks=[Timer()])
+    engine_rate = len(ds) / float(np.median(times[1:]))
+
+    keras.utils.set_random_seed(0)
+    model2 = build_model(ModelConfig("hc2", "small_cnn", "none"), tasks, ds.groups)
+    model2.compile(keras.optimizers.Adam(1e-3), loss={t: "sparse_categorical_crossentropy" for t in tasks},
+                   loss_weights={t: 0.1 for t in tasks})
+    fit_times = []
+
+    class FitTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            fit_times.append(time.perf_counter() - self.t)
+
+    # One fit() call for all epochs, timed per epoch as the engine is (the dataset is the same each epoch).
+    model2.fit(pipe.train(0), epochs=n_epochs, verbose=0, callbacks=[FitTimer()])
+    fit_rate = len(ds) / float(np.median(fit_times[1:]))
+    del tf
+    return {"engine_images_per_s": engine_rate, "keras_fit_images_per_s": fit_rate,
+            "ratio_engine_over_fit": engine_rate / fit_rate, "images": len(ds), "batch": 32, "model": "hc2 small_cnn 128"}
+
+
+def _inference(backbone, size, batch=32, repeats=3):
+    import keras
+    import numpy as np
+
+    from icao_mtl.architectures import ModelConfig, build_model
+    from icao_mtl.requisites import GROUPS, IDS
+
+    x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    mtl = build_model(ModelConfig("hc2", backbone, "none", image_size=size), IDS, GROUPS)
+    stl = [build_model(ModelConfig("stl", backbone, "none", image_size=size), (t,)) for t in IDS]
+    for m in [mtl, *stl]:
+        m.predict(x, verbose=0)  # trace once
+
+    def rate(models):
+        best = 1e9
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for m in models:
+                m.predict(x, verbose=0)
+            best = min(best, time.perf_counter() - t)
+        return batch / best
+
+    one, many = rate([mtl]), rate(stl)
+    keras.backend.clear_session()
+    return {"backbone": backbone, "image_size": size, "one_multitask_model_images_per_s": one,
+            "23_stl_models_images_per_s": many, "speedup": one / many}
+
+
+def _default_run():
+    out = Path(tempfile.mkdtemp())
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "icao_mtl.train", "--out", str(out / "run"), "--quiet"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    wall = time.perf_counter() - t
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("test EER")]
+    shutil.rmtree(out, ignore_errors=True)
+    return {"returncode": proc.returncode, "wall_seconds": wall, "peak_rss_mb": peak_kb / 1024,
+            "result": lines[-1] if lines else proc.stderr[-500:]}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1500)
+    parser.add_argument("--default-run", action="store_true")
+    args = parser.parse_args()
+    from icao_mtl.synth import SynthConfig, generate
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        root = generate(tmp / "d", SynthConfig(n=args.n, size=128, seed=0), workers=2, progress=False,
+                        contact_sheet=False)
+        results = {"engine_vs_fit": _engine_vs_fit(root)}
+        print(results["engine_vs_fit"])
+        results["inference"] = [_inference("small_cnn", 128), _inference("mobilenet_v2", 224)]
+        for r in results["inference"]:
+            print(r)
+        if args.default_run:
+            results["default_run"] = _default_run()
+            print(results["default_run"])
+        else:  # keep the last measurement of the (long) default run
+            from _common import RESULTS
+
+            previous = RESULTS / "bench_training.json"
+            if previous.is_file():
+                import json
+
+                old = json.loads(previous.read_text()).get("default_run")
+                if old:
+                    results["default_run"] = {**old, "note": "measured by an earlier --default-run"}
+        write("bench_training", results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()

@@ -1,0 +1,183 @@
+"""The configuration of a training run: a dataclass that round-trips through JSON.
+
+Command line -> :class:`TrainConfig` -> :meth:`TrainConfig.validate` (once, before any long work) ->
+library calls. A run directory's ``config.json`` is enough to rerun or resume it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+APPROACHES = ("stl", "hc1", "hc2", "hc3", "nas")
+
+#: The paper's reported experiments (spec section 6.4), as option sets for ``--preset``. They need
+#: ImageNet weights (or ``--weights PATH``) to mean what the paper meant.
+PAPER_PRESETS: dict[str, dict] = {
+    # STL: frozen VGG16, Adamax 1e-3, batch 64, 10 epochs (the reference's batch script)
+    "stl": dict(approach="stl", backbone="vgg16", weights="imagenet", epochs=10, batch_size=64, optimizer="adamax",
+                lr=1e-3, lr_schedule="constant", augment="reference", interpolation="nearest"),
+    # Handcrafted 1, Experiment III: fine-tune the base 10 epochs, freeze it again, train 200
+    "hc1_exp3": dict(approach="hc1", backbone="vgg16", weights="imagenet", finetune_epochs=10, epochs=200,
+                     optimizer="adam", lr=1e-3, lr_schedule="reference", augment="paper", interpolation="nearest"),
+    # Handcrafted 2, Experiment IV: no rotation, 50 epochs
+    "hc2_exp4": dict(approach="hc2", backbone="vgg16", weights="imagenet", epochs=50, optimizer="adam", lr=1e-3,
+                     lr_schedule="reference", augment="no_rotation", interpolation="nearest"),
+    # Handcrafted 3, Experiment III: 200 epochs
+    "hc3_exp3": dict(approach="hc3", backbone="vgg16", weights="imagenet", epochs=200, optimizer="adam", lr=1e-3,
+                     lr_schedule="reference", augment="reference", interpolation="nearest"),
+    # NAS: the best configuration retrained 50 epochs on MobileNetV2 (give --nas-config)
+    "nas_final": dict(approach="nas", backbone="mobilenet_v2", weights="imagenet", epochs=50, optimizer="adam",
+                      lr=1e-3, lr_schedule="reference", augment="reference", interpolation="nearest"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults give the package's default run: Handcrafted
+    2 heads on the small CNN trained from scratch at 128 px on the synthetic set (about 8 minutes on
+    2 CPU cores)."""
+
+    # data
+    data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
+    mapping: str | None = None  # column mapping JSON for other exports
+    tasks: list | None = None  # subset of the dataset's tasks
+    synth_n: int = 6000
+    synth_size: int = 224
+    split: list = field(default_factory=lambda: [0.75, 0.15, 0.10])
+    check_images: str = "decode"
+    # model
+    approach: str = "hc2"
+    backbone: str = "small_cnn"
+    weights: str = "none"
+    img_size: int | None = None
+    alpha: float = 1.0
+    dropout: float = 0.3
+    nas_config: list | None = None
+    freeze_backbone: bool | None = None  # default: frozen with pretrained weights, trained from scratch otherwise
+    # training
+    epochs: int = 24
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    loss_weight: float = 0.1
+    augment: str = "reference"
+    flip: bool | None = None
+    rotation: float | None = None
+    zoom: float | None = None
+    shear: float | None = None
+    shift: float | None = None
+    intensity: float | None = None
+    finetune_epochs: int = 0
+    finetune_unfreeze: str = "all"
+    monitor: str = "val_accuracy"
+    patience: int | None = None
+    interpolation: str = "bilinear"
+    cache: bool = True
+    # evaluation
+    eer_method: str = "fvc"
+    bootstrap: int = 0
+    # system
+    seed: int = 0
+    strategy: str = "none"
+    mixed_precision: str = "none"
+    out: str | None = None
+
+    #: Fields that do not change what is trained (ignored when checking a resume).
+    VOLATILE = ("out", "strategy", "check_images")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"Unknown configuration keys {unknown}. Fix: remove them; valid keys are "
+                              f"{', '.join(sorted(names))}.")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Configuration file {path} not found. Fix: pass an existing JSON file to --config.")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"Configuration file {path} is not valid JSON ({exc}). Fix: correct it.") from exc
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def copy(self, **changes) -> "TrainConfig":
+        """A copy through the JSON form (so the serialisation path runs on every copy)."""
+        d = json.loads(json.dumps(self.to_dict()))
+        d.update(changes)
+        return TrainConfig.from_dict(d)
+
+    def fingerprint(self) -> str:
+        """Hash of what is trained (volatile fields excluded)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in self.VOLATILE}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def frozen_backbone(self) -> bool:
+        if self.freeze_backbone is not None:
+            return self.freeze_backbone
+        return self.weights not in (None, "none")
+
+    def model_config(self):
+        from .architectures import ModelConfig
+
+        return ModelConfig(approach=self.approach, backbone=self.backbone, weights=self.weights,
+                           image_size=self.img_size, alpha=self.alpha, dropout=self.dropout,
+                           nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed)
+
+    def augment_config(self):
+        from .data import augment_config
+
+        return augment_config(self.augment, horizontal_flip=self.flip, rotation=self.rotation, zoom=self.zoom,
+                              shear=self.shear, width_shift=self.shift, height_shift=self.shift,
+                              intensity=self.intensity)
+
+    def validate(self) -> "TrainConfig":
+        """Check every option that can be checked without data or TensorFlow work."""
+        from .data.pipeline import AUGMENT_PRESETS
+        from .training import MONITORS
+
+        if self.approach not in APPROACHES:
+            raise ConfigError(f"Unknown approach {self.approach!r}. Fix: --approach one of {', '.join(APPROACHES)}.")
+        self.model_config().validate()
+        if self.weights not in (None, "none", "imagenet") and not Path(self.weights).is_file():
+            raise ConfigError(f"Weights file {self.weights} not found. Fix: pass an existing file, --weights imagenet "
+                              "or --weights none.")
+        for name in ("epochs", "batch_size", "synth_n", "synth_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer. Received: {name}={v!r}.")
+        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
+            raise ConfigError(f"finetune_epochs must be >= 0. Received: {self.finetune_epochs!r}.")
+        if self.finetune_epochs and self.finetune_unfreeze != "all" and not (
+                self.finetune_unfreeze.startswith("last:") and self.finetune_unfreeze[5:].isdigit()):
+            raise ConfigError(f"finetune_unfreeze must be 'all' or 'last:K'. Received: {self.finetune_unfreeze!r}.")
+        if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
+            raise ConfigError(f"split must be three positive fractions summing to 1. Received: {self.split}.")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ConfigError(f"Unknown augmentation preset {self.augment!r}. Fix: one of {', '.join(AUGMENT_PRESETS)}.")
+        self.augment_config()
+        if self.monitor not in MONITORS or not self.monitor.startswith("val_"):
+            raise ConfigError(f"monitor must be val_accuracy (the paper), val_loss (the reference code) or val_eer. "
+                              f"Received: {self.monitor!r}.")
+        if self.eer_method not in ("fvc", "roc"):
+            raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
+        if self.approach == "nas":
+            if not self.nas_config or not all(isinstance(n, int) and n >= 1 for n in self.nas_config):
+                raise ConfigError(f"--nas-config must be positive integers, one per task group, e.g. 2,1,3,2. "
+                                  f"Received: {self.nas_config!r}.")
+        if self.mapping and not Path(self.mapping).is_file():
+            raise ConfigError(f"Column mapping file {self.mapping} not found. Fix: pass an existing JSON file.")
+        return self

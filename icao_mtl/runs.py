@@ -1,0 +1,325 @@
+"""Run directories: train a configuration end to end, evaluate it, and load it back.
+
+A run directory holds everything needed to reproduce, resume and inspect a run::
+
+    config.json        the TrainConfig
+    split.csv          which image is in which split
+    model.keras        the selected model (STL: models/<requisite>.keras)
+    history.json       per-epoch logs (STL: one history per requisite)
+    metrics.json       {"val": ..., "test": ...}: per-requisite EER, threshold, accuracy, counts,
+                       and eer_mean / eer_std / eer_median / accuracy_mean (fractions, null if undefined)
+    table.md, table.csv  the per-requisite test table (the paper's Table 1)
+    scores_val.csv, scores_test.csv   P(compliant) per image and requisite
+    curves.png, far_frr.png, det.png  training curves, FAR/FRR against threshold, DET curves
+    checkpoints/       last.npz (resume), best.npz (model selection)
+    tensorboard/       TensorBoard logs
+    status.json        running / finished / failed, with the error
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import io as aio
+from .config import TrainConfig
+from .errors import ConfigError, NonFiniteLossError, ResumeError
+
+
+
+def runs_root() -> Path:
+    """Where run directories go by default: ``$ICAO_MTL_RUNS`` if set, else ``./runs``."""
+    return Path(os.environ.get("ICAO_MTL_RUNS") or Path.cwd() / "runs")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
+    """Read, validate and split the dataset of ``cfg``. Returns ``(dataset, splits)``."""
+    from . import data
+    from .data import ColumnMapping
+
+    mapping = ColumnMapping.from_json(cfg.mapping) if cfg.mapping else None
+    ds = data.load(cfg.data, tasks=cfg.tasks, mapping=mapping, check_images=cfg.check_images,
+                   synth_n=cfg.synth_n, synth_size=cfg.synth_size, progress=verbose > 0)
+    splits = data.split_dataset(ds, fractions=tuple(cfg.split), seed=cfg.seed)
+    if verbose:
+        print(ds.report.summary())
+        print(splits.report.summary())
+    return ds, splits
+
+
+def make_pipelines(cfg: TrainConfig, splits) -> dict:
+    from .data import ImagePipeline
+
+    size = cfg.model_config().resolved_size()
+    common = dict(image_size=size, batch_size=cfg.batch_size, cache=cfg.cache, interpolation=cfg.interpolation,
+                  seed=cfg.seed)
+    return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), **common),
+            "val": ImagePipeline(splits.val, **common), "test": ImagePipeline(splits.test, **common)}
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return runs_root() / f"{cfg.approach}_{cfg.backbone}_{cfg.fingerprint()}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run_dir(cfg: TrainConfig) -> Path | None:
+    """The most recent run directory of this configuration under ``runs/`` (for ``--resume`` without
+    ``--out``)."""
+    if not runs_root().is_dir():
+        return None
+    found = sorted(runs_root().glob(f"{cfg.approach}_{cfg.backbone}_{cfg.fingerprint()}_*"))
+    return found[-1] if found else None
+
+
+def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
+    """Raise :class:`ResumeError` unless ``run_dir`` was written by this configuration."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ResumeError(f"{run_dir} holds no config.json: it is not a run directory. Fix: pass the --out of the run "
+                          "to continue, or drop --resume to start a new run.")
+    old = TrainConfig.from_json(path).to_dict()
+    new = cfg.to_dict()
+    diff = sorted(k for k in new if k not in TrainConfig.VOLATILE and old.get(k) != new.get(k))
+    if diff:
+        details = "; ".join(f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in diff[:6])
+        raise ResumeError(f"{run_dir} was written by another configuration ({details}). Fix: resume with the same "
+                          "options (or only --resume --out DIR), or train into a new --out directory.")
+
+
+def _write_status(run_dir: Path, state: str, **extra) -> None:
+    aio.write_json(run_dir / "status.json", {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
+
+
+def _csv(header, rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_scores(path: Path, names, scores: dict) -> None:
+    tasks = list(scores)
+    rows = [[n, *(f"{float(scores[t][i]):.6f}" for t in tasks)] for i, n in enumerate(names)]
+    aio.write_text(path, _csv(["image", *tasks], rows))
+
+
+def read_scores(path) -> tuple[list, dict]:
+    """``(image names, {task: scores})`` from a ``scores_<split>.csv``."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    return df["image"].tolist(), {c: df[c].to_numpy(np.float64) for c in df.columns if c != "image"}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    table: str
+    histories: dict
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunResult:
+    """Train ``cfg`` end to end and write its run directory.
+
+    Args:
+        cfg: the configuration (validated here).
+        resume: continue the run in ``cfg.out`` (or the latest run of this configuration) from its last
+            checkpoint; the result equals an uninterrupted run's within floating-point tolerance.
+        verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
+    """
+    import keras
+
+    from .architectures import build_model
+    from .backbones import set_backbone_trainable
+    from .losses import MaskedMultiTaskLoss
+    from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
+                           standard_phases)
+
+    cfg.validate()
+    if cfg.finetune_epochs and not cfg.frozen_backbone():
+        raise ConfigError("Fine-tuning phases unfreeze a frozen backbone, but this backbone trains from scratch "
+                          "(--weights none). Fix: drop --finetune-epochs, or use pretrained weights.")
+    strategy = make_strategy(cfg.strategy)  # first TensorFlow work, as multi-worker runs require
+    chief = is_chief(strategy)  # in a multi-worker run only the chief writes the run directory
+    if resume:
+        run_dir = Path(cfg.out) if cfg.out else latest_run_dir(cfg)
+        if run_dir is None or not run_dir.exists():
+            raise ResumeError(f"Nothing to resume: no run directory {'at ' + str(cfg.out) if cfg.out else 'of this configuration under runs/'}. "
+                              "Fix: pass --out with the run to continue, or drop --resume.")
+        check_resumable(run_dir, cfg)
+    else:
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        if chief and ((run_dir / "checkpoints").is_dir() or (run_dir / "metrics.json").is_file()):
+            raise ConfigError(f"{run_dir} already holds a run. Fix: pass --resume to continue it, or choose another "
+                              "--out.")
+    policy = set_precision(cfg.mixed_precision)
+    keras.utils.set_random_seed(cfg.seed)
+    ds, splits = prepare_data(cfg, verbose=verbose)
+    pipes = make_pipelines(cfg, splits)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        aio.write_json(run_dir / "config.json", cfg.to_dict())
+        aio.write_text(run_dir / "split.csv", _csv(["image", "split"], [(n, s) for s in ("train", "val", "test")
+                                                                        for n in splits[s].names]))
+        _write_status(run_dir, "running", policy=policy)
+    if verbose:
+        print(f"Run directory: {run_dir}" + ("" if chief else " (this worker writes nothing)"))
+
+    tasks = ds.tasks
+    steps = pipes["train"].steps
+    total_epochs = cfg.epochs + cfg.finetune_epochs
+    opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps)
+    model_sets = [(t, (t,)) for t in tasks] if cfg.approach == "stl" else [(None, tasks)]
+    models, histories = {}, {}
+    try:
+        for name, model_tasks in model_sets:
+            sub = run_dir / "models" / name if name else run_dir
+            with strategy.scope():
+                model = build_model(cfg.model_config(), model_tasks, ds.groups)
+            if cfg.frozen_backbone():
+                set_backbone_trainable(model, model_tasks, "frozen")
+            if cfg.finetune_epochs:
+                phases = finetune_phases(cfg.finetune_epochs, cfg.epochs, model_tasks, cfg.finetune_unfreeze)
+            else:
+                phases = standard_phases(cfg.epochs)
+            weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
+            engine = Engine(model, model_tasks, optimizer=opt, loss=MaskedMultiTaskLoss(model_tasks, weight),
+                            run_dir=sub, strategy=strategy, monitor=cfg.monitor, patience=cfg.patience, verbose=verbose)
+            if verbose and name:
+                print(f"STL model for {name!r}")
+            data_streams = {"train": _TaskView(pipes["train"], model_tasks)}
+            histories[name or cfg.approach] = engine.fit(phases, data_streams, _TaskView(pipes["val"], model_tasks),
+                                                        resume=resume)
+            models[name or "model"] = model
+            if chief:
+                save_model(model, run_dir / "models" / f"{name}.keras" if name else run_dir / "model.keras")
+    except NonFiniteLossError as exc:
+        if chief:
+            _write_status(run_dir, "failed", error=str(exc))
+        raise
+    except BaseException as exc:  # a kill or an error: say so in the run directory, keep the checkpoints
+        if chief:
+            _write_status(run_dir, "interrupted", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if not chief:
+        return RunResult(run_dir, {}, "", histories)
+    aio.write_json(run_dir / "history.json", histories)
+    result = evaluate_run(run_dir, cfg, models, pipes, splits, histories=histories, verbose=verbose)
+    _write_status(run_dir, "finished", policy=policy)
+    return result
+
+
+class _TaskView:
+    """A pipeline seen by a model that only has some of the tasks (STL): labels of other tasks are dropped."""
+
+    def __init__(self, pipe, tasks):
+        self.pipe, self.tasks = pipe, tuple(tasks)
+        self.steps = pipe.steps
+
+    def _select(self, ds):
+        if set(self.tasks) == set(self.pipe.tasks):
+            return ds
+        return ds.map(lambda x, y: (x, {t: y[t] for t in self.tasks}))
+
+    def train(self, epoch):
+        return self._select(self.pipe.train(epoch))
+
+    def eval(self):
+        return self._select(self.pipe.eval())
+
+
+def save_model(model, path: Path) -> None:
+    """Save a model as ``.keras`` atomically."""
+    with aio.atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def predict_scores(models: dict, pipe, tasks) -> dict[str, np.ndarray]:
+    """P(compliant) for every image of ``pipe`` (in order), per task, from one model or one per task."""
+    from .training import Engine
+
+    scores = {}
+    for name, model in models.items():
+        model_tasks = tuple(model.output_names)
+        engine = Engine(model, model_tasks, optimizer=lambda: None, verbose=0)
+        scores.update(engine.predict(_TaskView(pipe, model_tasks)))
+    return {t: scores[t] for t in tasks}
+
+
+def evaluate_run(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, splits, *, histories: dict | None = None,
+                 verbose: int = 1, splits_to_do=("val", "test")) -> RunResult:
+    """Score the models on validation and test, write metrics, scores, tables and plots."""
+    from .metrics import evaluate_tasks, summarize
+    from .reports import plot_curves, plot_det, plot_far_frr, requisite_table
+
+    tasks = splits.train.tasks
+    metrics, per_split = {}, {}
+    for split in splits_to_do:
+        scores = predict_scores(models, pipes[split], tasks)
+        labels = {t: splits[split].labels[:, j] for j, t in enumerate(tasks)}
+        metrics[split] = summarize(evaluate_tasks(labels, scores, method=cfg.eer_method, bootstrap=cfg.bootstrap,
+                                                  seed=cfg.seed))
+        per_split[split] = (labels, scores)
+        _write_scores(run_dir / f"scores_{split}.csv", splits[split].names, scores)
+    metrics["eer_method"] = cfg.eer_method
+    aio.write_json(run_dir / "metrics.json", metrics)
+    last = "test" if "test" in metrics else splits_to_do[-1]
+    md, csv_text = requisite_table(metrics[last], title=f"{cfg.approach.upper()} on {cfg.backbone}, {last} split")
+    aio.write_text(run_dir / "table.md", md)
+    aio.write_text(run_dir / "table.csv", csv_text)
+    labels, scores = per_split[last]
+    plot_far_frr(labels, scores, run_dir / "far_frr.png")
+    plot_det(labels, scores, run_dir / "det.png")
+    if histories:
+        plot_curves(histories, run_dir / "curves.png")
+    if verbose:
+        print(md)
+        m = metrics[last]
+        if m["eer_mean"] is not None:
+            print(f"{last} EER: mean {100 * m['eer_mean']:.2f}%, median {100 * m['eer_median']:.2f}% "
+                  f"over {m['n_defined']} requisites. Results in {run_dir}")
+    return RunResult(run_dir, metrics, md, histories or {})
+
+
+def load_models(run_dir: str | os.PathLike) -> dict:
+    """The models of a run: {"model": model} or, for STL, {task: model}. Loaded with ``safe_mode=True``."""
+    import keras
+
+    from . import backbones  # noqa: F401  (registers the custom layers)
+
+    run_dir = Path(run_dir)
+    single = run_dir / "model.keras"
+    if single.is_file():
+        return {"model": keras.saving.load_model(single, safe_mode=True)}
+    stl = sorted((run_dir / "models").glob("*.keras")) if (run_dir / "models").is_dir() else []
+    if stl:
+        return {p.stem: keras.saving.load_model(p, safe_mode=True) for p in stl}
+    raise ConfigError(f"{run_dir} holds no model (model.keras or models/*.keras). Fix: pass the directory of a "
+                      "finished training run (python -m icao_mtl.train writes one).")
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[TrainConfig, dict]:
+    """``(config, models)`` of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"Run directory {run_dir} not found. Fix: pass the --out of a training run.")
+    cfg = TrainConfig.from_json(run_dir / "config.json")
+    return cfg, load_models(run_dir)

@@ -1,0 +1,95 @@
+"""python -m icao_mtl.train / evaluate / compare, end to end on a small synthetic set."""
+
+import json
+
+import pytest
+
+from icao_mtl import compare, evaluate, train
+from icao_mtl.requisites import IMAGE_LEVEL
+from icao_mtl.synth import SynthConfig, generate
+
+
+TRAIN_ARGS = ["--tasks", ",".join(IMAGE_LEVEL), "--epochs", "8", "--lr", "3e-3", "--quiet", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The small CNN with Handcrafted-2 heads, trained 8 epochs on 2,000 synthetic portraits (128 px)
+    for the five image-level requisites, through the command line and the engine."""
+    root = tmp_path_factory.mktemp("cmd")
+    data = generate(root / "data", SynthConfig(n=2000, size=128, seed=11), workers=2, progress=False)
+    out = root / "run"
+    assert train.main(["--data", str(data), "--out", str(out), *TRAIN_ARGS]) == 0
+    return data, out
+
+
+def test_small_training_run_is_far_better_than_chance_on_every_image_level_requisite(trained):
+    """The synthetic labels are learnable, and the engine learns them (held-out test images)."""
+    _, out = trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    per = metrics["test"]["per_requisite"]
+    assert set(per) == set(IMAGE_LEVEL)
+    for t in IMAGE_LEVEL:
+        # ink marks near the threshold are faint by design: the hardest image-level requisite
+        assert per[t]["eer"] < (0.42 if t == "ink_mark" else 0.3), (t, per[t]["eer"])
+    assert metrics["test"]["eer_mean"] < 0.25
+    for key in ("eer", "threshold", "accuracy", "n_compliant", "n_non_compliant"):
+        assert key in per["blurred"]
+    for f in ("config.json", "split.csv", "model.keras", "history.json", "table.md", "table.csv", "curves.png",
+              "far_frr.png", "det.png", "scores_val.csv", "scores_test.csv", "checkpoints/last.npz", "status.json"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert "| **Mean EER** |" in (out / "table.md").read_text()
+    assert any((out / "tensorboard").iterdir())
+    assert json.loads((out / "config.json").read_text())["tasks"] == list(IMAGE_LEVEL)
+
+
+def test_evaluate_reproduces_the_metrics_and_can_switch_method(trained, tmp_path, capsys):
+    _, out = trained
+    before = json.loads((out / "metrics.json").read_text())
+    assert evaluate.main([str(out), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["test"]["eer_mean"] == pytest.approx(before["test"]["eer_mean"], abs=1e-6)
+    assert evaluate.main([str(out), "--out", str(tmp_path / "roc"), "--eer-method", "roc", "--split", "test",
+                          "--quiet"]) == 0
+    roc = json.loads((tmp_path / "roc" / "metrics.json").read_text())
+    assert roc["eer_method"] == "roc" and "val" not in roc
+
+
+def test_evaluate_on_another_dataset_and_compare(trained, tmp_path, capsys):
+    data, out = trained
+    other = generate(tmp_path / "other", SynthConfig(n=60, size=128, seed=99), progress=False)
+    assert evaluate.main([str(out), "--data", str(other), "--split", "test", "--out", str(tmp_path / "ext"),
+                          "--quiet"]) == 0
+    ext = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert sum(ext["test"]["per_requisite"]["blurred"][k] for k in ("n_compliant", "n_non_compliant")) == 60
+    capsys.readouterr()
+    assert compare.main([str(out), str(tmp_path / "ext"), "--names", "MTL 2,other", "--out", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "| ICAO Rq. | MTL 2 | other |" in shown and "**Md. EER**" in shown
+    assert (tmp_path / "comparison.csv").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone", "resnet9"], "Unknown backbone 'resnet9'"),
+    (["--approach", "hc9"], "Unknown approach 'hc9'"),
+    (["--backbone", "inception_v3", "--img-size", "64"], "at least 75x75"),
+    (["--approach", "nas"], "nas-config"),
+    (["--nas-config", "2,x"], "integers separated by commas"),
+    (["--weights", "nowhere.h5"], "not found"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--augment", "heavy"], "Unknown augmentation preset"),
+    (["--monitor", "accuracy"], "monitor must be"),
+    (["--data", "/no/such/dir"], "neither a dataset directory"),
+])
+def test_bad_options_fail_fast_with_a_message(argv, message, capsys, tmp_path):
+    assert train.main(argv + ["--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_needs_a_run_and_a_second_run_into_the_same_directory_is_refused(trained, capsys):
+    data, out = trained
+    assert train.main(["--data", str(data), "--out", str(out), *TRAIN_ARGS]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train.main(["--resume", "--out", str(out.parent / "nothing_here")]) == 2
+    assert "Nothing to resume" in capsys.readouterr().err
