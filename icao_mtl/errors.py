@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+
 
 class IcaoMtlError(Exception):
     """Base class of this package's errors."""
@@ -17,3 +20,17 @@ class ResumeError(ConfigError):
 
 class NonFiniteLossError(IcaoMtlError, FloatingPointError):
     """The training loss became NaN or infinite. The last good checkpoint is kept."""
+
+
+def command(main):
+    """Decorate a command's ``main(argv) -> int``: this package's errors are printed as one line on
+    stderr (``error: ...``, with its fix) and give exit code 2, not a traceback."""
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except IcaoMtlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapper

@@ -24,29 +24,8 @@ def _global_sum(x):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
-def masked_task_terms(label, prob):
-    """Per-task sums for one batch.
-
-    Args:
-        label: int tensor of shape (batch,), values in {1, 0, -1}.
-        prob: float tensor of shape (batch, 2), softmax probabilities (column 1 = compliant).
-
-    Returns:
-        ``(ce_sum, n_valid, n_correct)``: float32 scalars: the summed cross-entropy, the number of
-        labelled examples and the number decided correctly at the argmax.
-    """
-    label = tf.cast(tf.reshape(label, [-1]), tf.int32)
-    prob = tf.cast(prob, tf.float32)
-    valid = label >= 0
-    mask = tf.cast(valid, tf.float32)
-    safe = tf.maximum(label, 0)
-    ce = keras.losses.sparse_categorical_crossentropy(safe, prob)
-    correct = tf.cast(tf.equal(tf.cast(tf.argmax(prob, axis=-1), tf.int32), safe), tf.float32) * mask
-    return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), tf.reduce_sum(correct)
-
-
 class MaskedMultiTaskLoss:
-    """Weighted sum of masked per-task cross-entropies.
+    """Weighted sum of masked per-task cross-entropies, computed for all tasks at once.
 
     Args:
         tasks: task ids (output names).
@@ -54,8 +33,10 @@ class MaskedMultiTaskLoss:
             The reference code weighted every output by 0.1.
 
     Calling it with ``(labels, outputs)`` (dicts keyed by task id) returns ``(loss, logs)`` where
-    ``logs`` holds, per task, ``ce/<task>``, ``n/<task>`` and ``correct/<task>`` sums, for exact
-    epoch averages.
+    ``logs`` holds vectors over ``tasks`` (in that order): ``ce`` (summed cross-entropy), ``n``
+    (labelled examples) and ``correct`` (decided correctly at the argmax), for exact epoch averages.
+    The tasks are stacked into one (batch, tasks, 2) tensor, so the cost of the loss does not grow
+    with the number of outputs' operations.
     """
 
     def __init__(self, tasks, weights: float | dict = 1.0):
@@ -67,16 +48,29 @@ class MaskedMultiTaskLoss:
             self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
         else:
             self.weights = {t: float(weights) for t in self.tasks}
+        self._w = [self.weights[t] for t in self.tasks]
 
-    def __call__(self, labels: dict, outputs: dict):
+    def stack(self, labels: dict, outputs: dict):
+        """(labels (batch, tasks) int32, probabilities (batch, tasks, 2) float32)."""
         missing = [t for t in self.tasks if t not in outputs or t not in labels]
         if missing:
             raise KeyError(f"Tasks {missing} have no output or no labels; outputs: {list(outputs)}, "
                            f"labels: {list(labels)}.")
-        loss = tf.constant(0.0)
-        logs = {}
-        for t in self.tasks:
-            ce, n, correct = masked_task_terms(labels[t], outputs[t])
-            loss += self.weights[t] * ce / tf.maximum(_global_sum(n), 1.0)
-            logs[f"ce/{t}"], logs[f"n/{t}"], logs[f"correct/{t}"] = ce, n, correct
-        return loss, logs
+        y = tf.stack([tf.cast(tf.reshape(labels[t], [-1]), tf.int32) for t in self.tasks], axis=1)
+        p = tf.stack([tf.cast(outputs[t], tf.float32) for t in self.tasks], axis=1)
+        return y, p
+
+    def __call__(self, labels: dict, outputs: dict):
+        y, p = self.stack(labels, outputs)
+        valid = y >= 0
+        mask = tf.cast(valid, tf.float32)
+        safe = tf.maximum(y, 0)
+        eps = keras.backend.epsilon()
+        p_true = tf.gather(tf.clip_by_value(p, eps, 1.0 - eps), safe, axis=2, batch_dims=2)
+        ce = -tf.math.log(p_true)
+        ce_sum = tf.reduce_sum(ce * mask, axis=0)
+        n = tf.reduce_sum(mask, axis=0)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, axis=-1, output_type=tf.int32), safe), tf.float32) * mask,
+                                axis=0)
+        loss = tf.reduce_sum(tf.constant(self._w, tf.float32) * ce_sum / tf.maximum(_global_sum(n), 1.0))
+        return loss, {"ce": ce_sum, "n": n, "correct": correct}

@@ -105,10 +105,8 @@ def plot_curves(histories: dict[str, list[dict]], path) -> Path:
     first = next((h for h in histories.values() if h), [])
     phases = [(h["epoch"], h.get("phase")) for h in first]
     for ax in axes:
-        start = None
         for i, (e, ph) in enumerate(phases):
             if i == 0 or ph != phases[i - 1][1]:
-                start = e
                 if i:
                     ax.axvline(e - 0.5, color="grey", lw=0.8)
                 ax.text(e, ax.get_ylim()[1], f" {ph}", va="top", fontsize=7, color="grey")

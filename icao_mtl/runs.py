@@ -111,18 +111,24 @@ def _csv(header, rows) -> str:
     return buf.getvalue()
 
 
-def _write_scores(path: Path, names, scores: dict) -> None:
+def _write_scores(path: Path, names, scores: dict, labels: dict) -> None:
+    """One row per image: its name, P(compliant) per task, then the labels (``label_<task>``)."""
     tasks = list(scores)
-    rows = [[n, *(f"{float(scores[t][i]):.6f}" for t in tasks)] for i, n in enumerate(names)]
-    aio.write_text(path, _csv(["image", *tasks], rows))
+    rows = [[n, *(f"{float(scores[t][i]):.6f}" for t in tasks), *(int(labels[t][i]) for t in tasks)]
+            for i, n in enumerate(names)]
+    aio.write_text(path, _csv(["image", *tasks, *(f"label_{t}" for t in tasks)], rows))
 
 
-def read_scores(path) -> tuple[list, dict]:
-    """``(image names, {task: scores})`` from a ``scores_<split>.csv``."""
+def read_scores(path) -> tuple[list, dict, dict]:
+    """``(image names, {task: scores}, {task: labels})`` from a ``scores_<split>.csv``."""
     import pandas as pd
 
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} not found. Fix: evaluate the run first (python -m icao_mtl.evaluate RUN_DIR).")
     df = pd.read_csv(path)
-    return df["image"].tolist(), {c: df[c].to_numpy(np.float64) for c in df.columns if c != "image"}
+    tasks = [c for c in df.columns if c != "image" and not c.startswith("label_")]
+    labels = {t: df[f"label_{t}"].to_numpy(np.int8) for t in tasks if f"label_{t}" in df.columns}
+    return df["image"].tolist(), {t: df[t].to_numpy(np.float64) for t in tasks}, labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +284,7 @@ def evaluate_run(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, spl
         metrics[split] = summarize(evaluate_tasks(labels, scores, method=cfg.eer_method, bootstrap=cfg.bootstrap,
                                                   seed=cfg.seed))
         per_split[split] = (labels, scores)
-        _write_scores(run_dir / f"scores_{split}.csv", splits[split].names, scores)
+        _write_scores(run_dir / f"scores_{split}.csv", splits[split].names, scores, labels)
     metrics["eer_method"] = cfg.eer_method
     aio.write_json(run_dir / "metrics.json", metrics)
     last = "test" if "test" in metrics else splits_to_do[-1]

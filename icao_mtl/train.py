@@ -60,7 +60,7 @@ _HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m icao_mtl.train", description=__doc__.split("\n")[0][4:],
+    p = argparse.ArgumentParser(prog="python -m icao_mtl.train", description=__doc__.split("\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--config", help="JSON configuration file (flags given here override it)")
     p.add_argument("--preset", choices=sorted(PAPER_PRESETS), default=None,

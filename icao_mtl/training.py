@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -367,7 +367,7 @@ class Engine:
                 self.optimizers[g] = opt
         self._steps = {}
 
-    def _step_fn(self, pas: Pass, key: int):
+    def _step_fn(self, pas: Pass, key: int, element_spec=None):
         if key in self._steps:
             return self._steps[key]
         model, strategy = self.model, self.strategy
@@ -380,7 +380,6 @@ class Engine:
             raise ConfigError("float16 loss scaling supports one variable group per pass. Fix: use --mixed-precision "
                               "bfloat16, or update the groups in separate passes.")
         training = pas.training
-        replicas = strategy.num_replicas_in_sync
 
         def body(x, y):
             total = {}
@@ -395,39 +394,42 @@ class Engine:
                 if not scale:  # a loss-scale optimizer skips non-finite steps itself
                     finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm(grads)))
 
-                def apply(grads):
-                    i = 0
-                    for opt, vs in zip(opts, var_lists):
-                        opt.apply(grads[i:i + len(vs)], vs)
-                        i += len(vs)
-                    return tf.constant(0.0)
-
-                if replicas > 1:
-                    # Gradient all-reduce cannot run inside tf.cond: zero the gradients instead (the run
-                    # stops right after this step anyway).
-                    apply([tf.where(finite, g, tf.zeros_like(g)) for g in grads])
-                else:
-                    tf.cond(finite, lambda: apply(grads), lambda: tf.constant(0.0))
+                # Discard a non-finite step's gradients (zeros; the run stops right after it). A tf.cond
+                # around the update would skip it entirely, but costs seconds of tracing per model and
+                # cannot hold the cross-replica gradient reduction.
+                grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+                i = 0
+                for opt, vs in zip(opts, var_lists):
+                    opt.apply(grads[i:i + len(vs)], vs)
+                    i += len(vs)
                 logs = dict(logs)
-                logs["loss"] = loss
+                logs["loss"] = tf.reshape(loss, [])
                 logs["nonfinite"] = 1.0 - tf.cast(finite, tf.float32)
                 for k, v in logs.items():
                     total[k] = total.get(k, 0.0) + tf.cast(v, tf.float32)
             return total
 
-        keys: list = []  # log names, in the order of the packed vector (fixed when the step is traced)
+        layout: list = []  # (log name, size) in the order of the packed vector, fixed when the step is traced
 
-        @tf.function(reduce_retracing=True)
-        def step(x, y):
+        def step_impl(x, y):
             per_replica = strategy.run(body, args=(x, y))
             reduced = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
-            keys[:] = sorted(reduced)
+            flat = {k: tf.reshape(v, [-1]) for k, v in reduced.items()}
+            layout[:] = [(k, int(flat[k].shape[0])) for k in sorted(flat)]
             # One tensor, so the host reads every log of the step in a single transfer.
-            return tf.stack([tf.reshape(reduced[k], []) for k in keys])
+            return tf.concat([flat[k] for k, _ in layout], axis=0)
+
+        # The dataset's element spec has a free batch dimension: one trace serves full and last batches.
+        step = tf.function(step_impl, input_signature=list(element_spec) if element_spec is not None else None,
+                           reduce_retracing=element_spec is None)
 
         def run(x, y):
-            values = step(x, y).numpy()
-            return dict(zip(keys, values.tolist()))
+            values = step(x, y).numpy().astype(np.float64)
+            out, i = {}, 0
+            for k, size in layout:
+                out[k] = float(values[i]) if size == 1 and k in ("loss", "nonfinite") else values[i:i + size]
+                i += size
+            return out
 
         self._steps[key] = run
         return run
@@ -552,10 +554,10 @@ class Engine:
         for k, pas in enumerate(phase.passes):
             if pas.on_begin:
                 pas.on_begin(self)
-            step = self._step_fn(pas, k)
             source = data[pas.data]
             ds = _dataset(source, self.epoch, True)
             dist = self.strategy.experimental_distribute_dataset(ds)
+            step = self._step_fn(pas, k, dist.element_spec)
             total = _steps(source) if pas.max_steps is None else min(pas.max_steps, _steps(source) or pas.max_steps)
             bar = keras.utils.Progbar(total, verbose=1 if self.verbose == 1 else 0,
                                       stateful_metrics=["loss"], unit_name="step")
@@ -575,10 +577,10 @@ class Engine:
                     kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.checkpoint_dir}"
                             if self.checkpoint_dir and self.epoch else "no checkpoint was written yet")
                     raise NonFiniteLossError(f"The training loss or its gradients became NaN or infinite (loss {loss}) "
-                                             f"at {where}; the step was not applied and {kept}. Fix: lower the "
+                                             f"at {where}; the step's gradients were discarded and {kept}. Fix: lower the "
                                              "learning rate, check the images and labels, or disable mixed precision.")
                 for kk, v in out.items():
-                    sums[kk] = sums.get(kk, 0.0) + v
+                    sums[kk] = sums[kk] + v if kk in sums else v
                 n_steps += 1
                 self.global_step += 1
                 bar.update(i + 1, values=[("loss", sums["loss"] / n_steps)])
@@ -607,9 +609,10 @@ class Engine:
 
     def _epoch_logs(self, sums: dict, n_steps: int, prefix: str) -> dict:
         logs = {f"{prefix}loss": sums.get("loss", math.nan) / max(n_steps, 1)}
-        accs = [sums[f"correct/{t}"] / sums[f"n/{t}"] for t in self.tasks if sums.get(f"n/{t}", 0) > 0]
-        if accs:
-            logs[f"{prefix}accuracy"] = float(np.mean(accs))
+        if "n" in sums and "correct" in sums:
+            n = np.asarray(sums["n"])
+            if (n > 0).any():
+                logs[f"{prefix}accuracy"] = float(np.mean(np.asarray(sums["correct"])[n > 0] / n[n > 0]))
         return logs
 
     def _current_lr(self) -> float | None:
@@ -623,18 +626,20 @@ class Engine:
         return None
 
     # ----- evaluation ------------------------------------------------------------------------
-    def _eval_step(self):
-        if self._eval_fn is None:
+    def _eval_step(self, element_spec):
+        key = str(element_spec)
+        if self._eval_fn is None or self._eval_fn[0] != key:
             model, loss = self.model, self.loss
 
-            @tf.function(reduce_retracing=True)
             def step(x, y):
                 outputs = model(x, training=False)
                 _, logs = loss(y, outputs)
-                return {t: tf.cast(outputs[t][:, 1], tf.float32) for t in self.tasks}, logs
+                scores = tf.stack([tf.cast(outputs[t][:, 1], tf.float32) for t in self.tasks], axis=1)
+                # scores (batch, tasks) and the per-task sums (3, tasks): two transfers per batch
+                return scores, tf.stack([logs["ce"], logs["n"], logs["correct"]])
 
-            self._eval_fn = step
-        return self._eval_fn
+            self._eval_fn = (key, tf.function(step, input_signature=list(element_spec)))
+        return self._eval_fn[1]
 
     def evaluate(self, source, *, scores: bool = True, summary: bool = False) -> dict:
         """Loss, accuracy and scores on a data source (no augmentation, no weight changes).
@@ -647,29 +652,27 @@ class Engine:
         from .metrics import evaluate_tasks
 
         ds = _dataset(source, 0, False)
-        step = self._eval_step()
-        sums: dict = {}
-        out_scores: dict = {t: [] for t in self.tasks}
-        out_labels: dict = {t: [] for t in self.tasks}
+        step = self._eval_step(ds.element_spec)
+        totals = np.zeros((3, len(self.tasks)))
+        out_scores, out_labels = [], []
         for x, y in ds:
             s, logs = step(x, y)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            totals += logs.numpy()
             if scores:
-                for t in self.tasks:
-                    out_scores[t].append(s[t].numpy())
-                    out_labels[t].append(np.asarray(y[t]))
+                out_scores.append(s.numpy())
+                out_labels.append(np.stack([np.asarray(y[t]).reshape(-1) for t in self.tasks], axis=1))
         per_task = {}
-        for t in self.tasks:
-            n = sums.get(f"n/{t}", 0.0)
-            per_task[t] = {"loss": sums[f"ce/{t}"] / n if n else math.nan,
-                           "accuracy": sums[f"correct/{t}"] / n if n else math.nan, "n": int(n)}
+        for j, t in enumerate(self.tasks):
+            ce, n, correct = totals[:, j]
+            per_task[t] = {"loss": ce / n if n else math.nan, "accuracy": correct / n if n else math.nan, "n": int(n)}
         loss = float(sum(self.loss.weights[t] * v["loss"] for t, v in per_task.items() if v["n"]))
         accs = [v["accuracy"] for v in per_task.values() if v["n"]]
         result = {"loss": loss, "accuracy": float(np.mean(accs)) if accs else math.nan, "per_task": per_task}
         if scores:
-            result["scores"] = {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in out_scores.items()}
-            result["labels"] = {t: np.concatenate(v) if v else np.zeros(0, np.int32) for t, v in out_labels.items()}
+            s_all = np.concatenate(out_scores) if out_scores else np.zeros((0, len(self.tasks)), np.float32)
+            l_all = np.concatenate(out_labels) if out_labels else np.zeros((0, len(self.tasks)), np.int32)
+            result["scores"] = {t: s_all[:, j] for j, t in enumerate(self.tasks)}
+            result["labels"] = {t: l_all[:, j] for j, t in enumerate(self.tasks)}
             if summary:
                 m = evaluate_tasks(result["labels"], result["scores"])
                 eers = [v.eer.eer for v in m.values() if v.eer.defined]

@@ -1,5 +1,3 @@
-import shutil
-
 import cv2
 import numpy as np
 import pytest
