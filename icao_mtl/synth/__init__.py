@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .generate import GENERATOR_VERSION, SynthConfig, generate, is_complete
+from .generate import (GENERATOR_VERSION, REGION_NAMES, REQUISITE_REGION, SynthConfig, generate, is_complete, read_regions,
+                       region_mask)
 from .portrait import Portrait, render, sample_portrait
 from .specs import SPECS, DefectSpec, markdown_table
 
-__all__ = ["GENERATOR_VERSION", "SPECS", "DefectSpec", "Portrait", "SynthConfig", "default_data_root",
+__all__ = ["GENERATOR_VERSION", "REGION_NAMES", "REQUISITE_REGION", "read_regions", "region_mask", "SPECS", "DefectSpec", "Portrait", "SynthConfig", "default_data_root",
            "ensure_dataset", "generate", "is_complete", "markdown_table", "render", "sample_portrait"]
 
 

@@ -29,9 +29,51 @@ from ..requisites import GROUPS, IDS, LABEL_CODES
 from .portrait import render, sample_portrait
 from .specs import SPECS
 
-GENERATOR_VERSION = "1.0"
-REGION_NAMES = ("face", "eyes", "mouth", "lower_face", "head_top", "person", "close", "ink")
+GENERATOR_VERSION = "1.1"  # 1.1: regions.csv: lower half of the head (and the veil); shoulders, shadow, strands
+REGION_NAMES = ("face", "eyes", "mouth", "lower_face", "head_top", "person", "shoulders", "head_shadow", "strands",
+                "close", "ink")
+#: Where each requisite's defect is drawn (for the Grad-CAM region check). "background" is the image
+#: outside the face, head-top and shoulders boxes; "image" means the whole photo (no region to check).
+REQUISITE_REGION = {
+    "l_away": "eyes", "eyes_closed": "eyes", "red_eyes": "eyes", "hair_eyes": "strands", "dark_glasses": "eyes",
+    "frames_heavy": "eyes", "frame_eyes": "eyes", "flash_lenses": "eyes", "mouth": "mouth", "veil": "lower_face",
+    "rotation": "face", "reflection": "face", "sh_face": "face", "skin_tone": "face", "hat": "head_top",
+    "background": "background", "sh_head": "head_shadow", "close": "close", "ink_mark": "ink",
+    "light": "image", "washed_out": "image", "blurred": "image", "pixelation": "image",
+}
 FORMATS = ("png", "jpg")
+
+
+def region_mask(boxes: dict, region: str, height: int, width: int) -> np.ndarray | None:
+    """Boolean mask (height, width) of a region, from boxes ``{name: (x0, y0, x1, y1)}`` in fractions of
+    the image side (a ``regions.csv`` row); None where the region was not drawn."""
+    def box(name):
+        b = boxes.get(name)
+        if b is None or any(v is None or not np.isfinite(v) for v in b):
+            return None
+        x0, y0, x1, y1 = (float(v) for v in b)
+        m = np.zeros((height, width), bool)
+        r0, c0 = max(0, int(np.floor(y0 * height))), max(0, int(np.floor(x0 * width)))
+        m[r0:max(int(np.ceil(y1 * height)), r0 + 1), c0:max(int(np.ceil(x1 * width)), c0 + 1)] = True
+        return m
+
+    if region == "background":
+        parts = [box(n) for n in ("face", "head_top", "shoulders")]
+        if any(p is None for p in parts):
+            return None
+        return ~(parts[0] | parts[1] | parts[2])
+    return box(region)
+
+
+def read_regions(path) -> dict:
+    """``{image name: {region: (x0, y0, x1, y1) or None}}`` from a ``regions.csv``."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    out = {}
+    for row in df.to_dict("records"):
+        out[row["image"]] = {r: tuple(row.get(f"{r}_{c}") for c in ("x0", "y0", "x1", "y1")) for r in REGION_NAMES}
+    return out
 
 
 @dataclass(frozen=True)

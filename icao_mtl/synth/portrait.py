@@ -376,7 +376,8 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
     Returns:
         ``(image, regions)``: uint8 RGB array of shape (size, size, 3), and boxes
         ``(x0, y0, x1, y1)`` in pixels for the regions ``face``, ``eyes``, ``mouth``, ``lower_face``,
-        ``head_top``, ``person`` and, when drawn, ``close`` and ``ink``.
+        ``head_top``, ``person``, ``shoulders`` and, when drawn, ``head_shadow``, ``strands`` (the hair
+        strands and the eyes), ``close`` and ``ink``. ``lower_face`` includes the veil when drawn.
     """
     look, sev, size = p.look, p.severity, p.size
     k = size / REFERENCE_SIZE
@@ -407,6 +408,8 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
             cv2.fillPoly(mask, [_fix(poly + off)], 1.0, cv2.LINE_AA, shift=4)
         mask = cv2.GaussianBlur(mask, (0, 0), 3.0 * k)
         img *= (1.0 - np.float32(sev["sh_head"]) * mask)[..., None]
+        # The shadow shows beside the head and neck; the body's shadow stays mostly behind the body.
+        regions["head_shadow"] = _union([_box(head + off), _box(neck + off)])
 
     if look["hair_style"] == "long":
         back = f.flat(np.concatenate([_ellipse(0, -0.1, 1.22, e * 1.1, 24, np.pi, 2 * np.pi),
@@ -423,6 +426,7 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
     _fill(img, head, skin)
     regions["face"] = _box(head)
     regions["person"] = _box(np.concatenate([head, body]))
+    regions["shoulders"] = _box(body[2:6])  # below the shoulder line: background = not head, not shoulders
 
     # Brows, eyes, nose, mouth.
     brow_col = tuple(c * 0.7 for c in hair)
@@ -441,7 +445,7 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
     for side in (-1, 1):
         _fill(img, f.surface(_ellipse(side * 0.075, 0.32, 0.045, 0.025, 12), lift=0.1), tuple(c * 0.55 for c in skin))
     regions["mouth"] = _draw_mouth(img, f, sev["mouth"], skin)
-    regions["lower_face"] = _box(f.flat(_ellipse(0, 0, 1.0, e, 48))[24:])  # lower half of the head ellipse
+    regions["lower_face"] = _box(f.flat(_ellipse(0, 0, 1.0, e, 48)[:25]))  # lower half: v > 0 is down
 
     if sev["reflection"] > 0:
         _hot_spots(img, f, sev["reflection"], rng)
@@ -456,12 +460,12 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
             _fill(img, f.flat(_ellipse(0, -e * 1.05 - 0.2, 0.32, 0.26, 20)), hair)
     regions["head_top"] = _box(f.flat([(-1.1, -e * 1.1 - 0.3), (1.1, hl)]))
     if sev["hair_eyes"] > 0:
-        _hair_strands(img, f, sev["hair_eyes"], hl, hair, rng)
+        regions["strands"] = _union([regions["eyes"], _hair_strands(img, f, sev["hair_eyes"], hl, hair, rng)])
 
     if look["glasses"]:
         regions["eyes"] = _union([regions["eyes"], _draw_glasses(img, f, sev, look, rng, k)])
     if sev["veil"] > 0:
-        _draw_veil(img, f, sev["veil"], look, rng)
+        regions["lower_face"] = _union([regions["lower_face"], _draw_veil(img, f, sev["veil"], look, rng)])
     if sev["hat"] > 0:
         _draw_hat(img, f, sev["hat"], look)
         regions["head_top"] = _union([regions["head_top"], _box(f.flat([(-1.2, -e * 1.3), (1.2, -e + sev["hat"] * (e - 0.5))]))])
@@ -605,13 +609,17 @@ def _hair_strands(img, f: _Frame, reach: float, hairline: float, hair, rng):
     """Strands falling from the hairline; their tips end ``reach`` of the way down the eye opening."""
     tip_v = EYE_V - EYE_HH - 0.06 + reach * (2 * EYE_HH + 0.06)
     sides = (-1, 1) if rng.random() < 0.5 else (int(rng.choice([-1, 1])),)
+    drawn = []
     for side in sides:
         for _ in range(int(rng.integers(4, 8))):
             u0 = side * rng.uniform(0.1, 0.55)
             u1 = u0 + rng.uniform(-0.12, 0.12)
             pts = [(u0 + (u1 - u0) * t + 0.04 * math.sin(6 * t), hairline + (tip_v - hairline) * t)
                    for t in np.linspace(0, 1, 8)]
-            _stroke(img, f.surface(pts, lift=0.05), hair, rng.uniform(0.025, 0.05) * f.a)
+            strand = f.surface(pts, lift=0.05)
+            _stroke(img, strand, hair, rng.uniform(0.025, 0.05) * f.a)
+            drawn.append(strand)
+    return _box(np.concatenate(drawn))
 
 
 def _draw_glasses(img, f: _Frame, sev, look, rng, k: float) -> tuple:
@@ -673,6 +681,7 @@ def _draw_veil(img, f: _Frame, coverage: float, look, rng):
     for _ in range(3):  # folds
         x = rng.uniform(-0.6, 0.6)
         _stroke(img, f.flat([(x, top + 0.1), (x * 1.1, e + 0.5)]), tuple(c * 0.8 for c in colour), 0.03 * f.a)
+    return _box(f.flat(poly))
 
 
 def _draw_hat(img, f: _Frame, coverage: float, look):
