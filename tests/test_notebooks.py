@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -31,3 +30,12 @@ def test_stl_vs_mtl(tmp_path, monkeypatch):
     text = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "| ICAO Rq. | STL | MTL 1 | MTL 2 | MTL 3 |" in text
     assert (tmp_path / "runs" / "notebook_01" / "hc3" / "metrics.json").is_file()
+
+
+def test_nas_random_vs_reinforce(tmp_path, monkeypatch):
+    nb = run_notebook("02_nas_random_vs_reinforce.ipynb", tmp_path, monkeypatch)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "| 1 (random) | 1 | 4 |" in text and "| 2 (REINFORCE) | 1 | 4 |" in text
+    assert "65 of 625 configurations are reachable" in text
+    assert (tmp_path / "searches" / "notebook_02" / "reinforce" / "final" / "model.keras").is_file()
+

@@ -1,0 +1,177 @@
+"""Search controllers side by side, and the feature cache against training from images.
+
+1. RANDOM, REINFORCE, REFERENCE (the reference code's controller), keras-tuner's RandomSearch and
+   BayesianOptimization, with the same budget (N trials, m child epochs) on the same cached features
+   of the default synthetic set: best validation EER against trials (results/bench_search.json and
+   results/bench_search.png).
+2. One trial (m = 1) from cached features against the same trial from images (frozen backbone): time
+   and validation EER (small CNN at 128 px; MobileNetV2 at 224 px on a subset).
+
+    python benchmarks/bench_search.py [--trials 50] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import RESULTS, write
+
+
+def _searches(base: Path, trials: int, seeds: int, weights: str, cache: Path):
+    import keras_tuner
+
+    from nas import search as S
+    from nas.space import BranchDepthSpace
+
+    curves, results = {}, []
+    cfg0 = S.SearchConfig(trials=trials, child_epochs=1, final_epochs=0, weights=weights, cache_dir=str(cache),
+                          verbose=0, pretrain_epochs=0)
+    _, splits, _, features = S._prepare(cfg0, base, 0)
+    space = BranchDepthSpace(tuple(splits.train.groups), tuple(range(1, 6)))
+    objective = keras_tuner.Objective("val_eer_mean", "min")
+    makers = {
+        "random": lambda s: S.make_oracle(S.SearchConfig(controller="random", trials=trials, seed=s), space),
+        "reinforce": lambda s: S.make_oracle(S.SearchConfig(controller="reinforce", trials=trials, seed=s), space),
+        "reference": lambda s: S.make_oracle(S.SearchConfig(controller="reference", trials=trials, seed=s), space),
+        "kt_random": lambda s: keras_tuner.oracles.RandomSearchOracle(objective, trials, seed=s + 1,
+                                                                      hyperparameters=space.hyperparameters()),
+        "kt_bayesian": lambda s: keras_tuner.oracles.BayesianOptimizationOracle(
+            objective, trials, seed=s + 1, hyperparameters=space.hyperparameters()),
+    }
+    for name, make in makers.items():
+        for seed in range(seeds):
+            out = base / f"{name}_{seed}"
+            cfg = S.SearchConfig(controller="random", trials=trials, child_epochs=1, final_epochs=0, seed=seed,
+                                 weights=weights, cache_dir=str(cache), verbose=0, out=str(out))
+            oracle = make(seed)
+            oracle.verbose = 0
+            tuner = S._tuner_class()(oracle, S._Context(cfg, space, splits, features, out), directory=str(out),
+                                     project_name="tuner", overwrite=True)
+            t = time.perf_counter()
+            tuner.search(verbose=0)
+            seconds = time.perf_counter() - t
+            recs = S._trial_records(out)
+            curve = [r["metrics"]["val_eer_mean"] if r["metrics"] else None for r in recs]
+            best = min((r for r in recs if r["metrics"]), key=lambda r: r["metrics"]["val_eer_mean"])
+            curves[f"{name} (seed {seed})"] = curve
+            results.append({"controller": name, "seed": seed, "trials": len(recs), "seconds": seconds,
+                            "seconds_per_trial": seconds / max(1, len(recs)),
+                            "distinct_configs": len({tuple(r["config"]) for r in recs}),
+                            "best_val_eer_mean": best["metrics"]["val_eer_mean"], "best_config": best["config"],
+                            "stop_reason": getattr(oracle, "stop_reason", None)})
+            print(results[-1])
+    return curves, results
+
+
+def _cached_vs_images(backbone, size, weights, n_images=None):
+    import keras
+    import numpy as np
+
+    from icao_mtl import data
+    from icao_mtl.architectures import ModelConfig, build_model
+    from icao_mtl.backbones import set_backbone_trainable
+    from icao_mtl.losses import MaskedMultiTaskLoss
+    from icao_mtl.training import Engine, Phase
+    from nas import search as S
+    from nas.features import load_or_build
+    from nas.heads import copy_full_to_grouped
+
+    ds = data.load(None, check_images="exists")
+    if n_images:
+        ds = ds.subset(np.arange(n_images))
+    splits = data.split_dataset(ds, seed=0)
+    config = (2, 1, 3, 2)
+    aug = data.augment_config("reference")
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        if weights == "none":
+            # One random initialisation, saved, so that the cache and the full model share the backbone.
+            from icao_mtl.backbones import build_backbone, save_backbone_weights
+
+            keras.utils.set_random_seed(0)
+            _, backbone_model = build_backbone(backbone, keras.Input((size, size, 3)), weights="none")
+            weights = str(tmp / "backbone.weights.h5")
+            save_backbone_weights(backbone_model, weights)
+        t = time.perf_counter()
+        feats = load_or_build(tmp, splits, backbone=backbone, weights=weights, image_size=size, augment=aug, views=1,
+                              seed=0, verbose=0)
+        cache_seconds = time.perf_counter() - t
+        keras.utils.set_random_seed(0)
+        model = build_model(ModelConfig("nas", backbone, weights, image_size=size, nas_config=config), ds.tasks,
+                            ds.groups)
+        set_backbone_trainable(model, ds.tasks, "frozen")
+        # Both paths start from the same head weights, so the metrics differ only by the data path.
+        t = time.perf_counter()
+        head = S.head_model(config, feats.dim, ds.tasks, ds.groups)
+        copy_full_to_grouped(model, head, config, ds.tasks, ds.groups)
+        engine, _ = S.train_head(head, feats, splits, epochs=1, lr=1e-3, batch_size=32, seed=0)
+        cached_metrics = S.score(engine, feats.val, splits.val)
+        cached = time.perf_counter() - t
+        t = time.perf_counter()
+        pipe = data.ImagePipeline(splits.train, size, 32, augment=aug, seed=0)
+        val = data.ImagePipeline(splits.val, size, 64)
+        eng = Engine(model, ds.tasks, optimizer=lambda: keras.optimizers.Adam(1e-3),
+                     loss=MaskedMultiTaskLoss(ds.tasks, 0.1), verbose=0)
+        eng.fit([Phase("train", 1)], {"train": pipe}, val)
+        images_metrics = eng.evaluate(val, summary=True)
+        from_images = time.perf_counter() - t
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"backbone": backbone, "image_size": size, "images": len(ds), "cache_build_seconds": cache_seconds,
+            "trial_seconds_cached": cached, "trial_seconds_from_images": from_images,
+            "ratio": from_images / cached, "val_eer_mean_cached": cached_metrics["eer_mean"],
+            "val_eer_mean_from_images": images_metrics["eer"]}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--skip-controllers", action="store_true",
+                        help="only the cached-vs-images timing (keeps the controllers of an earlier JSON)")
+    parser.add_argument("--mobilenet-images", type=int, default=None,
+                        help="images for the MobileNetV2 timing (default: the whole default set)")
+    args = parser.parse_args()
+    from icao_mtl import data
+    from nas import search as S
+
+    work = Path(os.environ.get("ICAO_MTL_BENCH_DIR") or tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
+    data.resolve(None)  # the default synthetic set
+    # The frozen backbone: the small CNN pretrained 8 epochs (as `nas.search` does offline).
+    pre = S.SearchConfig(trials=1, final_epochs=0, verbose=1, out=str(work / "prepare"), cache_dir=str(work / "cache"))
+    t = time.perf_counter()
+    out = work / "prepare"
+    out.mkdir(parents=True, exist_ok=True)
+    _, _, weights, _ = S._prepare(pre, out, 1)
+    prepare_seconds = time.perf_counter() - t
+    results = {"prepare_seconds (pretrain 8 epochs + cache 4 views)": prepare_seconds}
+    trial_cost = [_cached_vs_images("small_cnn", 128, weights),
+                  _cached_vs_images("mobilenet_v2", 224, "none", n_images=args.mobilenet_images)]
+    results["cached_vs_images"] = trial_cost
+    for r in trial_cost:
+        print(r)
+    previous = RESULTS / "bench_search.json"
+    if args.skip_controllers and previous.is_file():
+        import json
+
+        old = json.loads(previous.read_text())
+        results.update({k: old[k] for k in ("controllers", "curves") if k in old})
+    if not args.skip_controllers:
+        curves, runs = _searches(work, args.trials, args.seeds, weights, work / "cache")
+        results["controllers"] = runs
+        results["curves"] = curves
+        from nas.search import plot_best_so_far
+
+        plot_best_so_far({k: v for k, v in curves.items()}, RESULTS / "bench_search.png")
+    write("bench_search", {"trials": args.trials, "seeds": args.seeds, **results})
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()

@@ -1,0 +1,223 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from icao_mtl import data
+from icao_mtl.backbones import build_backbone, save_backbone_weights, set_backbone_trainable
+from icao_mtl.synth import SynthConfig, generate
+from nas import search as nas_search
+from nas.features import FeaturePipeline, load_or_build
+from nas.heads import copy_full_to_grouped, copy_grouped_to_full, grouped_head, parameters
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 300-image synthetic set at 64 px, its splits, and a small-CNN weights file (no pretraining needed)."""
+    root = tmp_path_factory.mktemp("nas")
+    ds_dir = generate(root / "data", SynthConfig(n=300, size=64, seed=4), progress=False)
+    keras.utils.set_random_seed(0)
+    _, bb = build_backbone("small_cnn", keras.Input((64, 64, 3)), weights="none")
+    weights = root / "small.weights.h5"
+    save_backbone_weights(bb, weights)
+    ds = data.read_dataset(ds_dir)
+    return root, ds_dir, data.split_dataset(ds, seed=0), str(weights)
+
+
+def test_feature_cache_is_keyed_and_rebuilt_not_misused(small, tmp_path):
+    root, _, splits, weights = small
+    aug = data.augment_config("reference")
+    kw = dict(backbone="small_cnn", weights=weights, image_size=64, seed=0, verbose=0)
+    first = load_or_build(tmp_path, splits, augment=aug, views=2, **kw)
+    assert first.built and first.train.shape[:2] == (2, len(splits.train)) and first.val.shape[0] == len(splits.val)
+    assert not np.allclose(first.train[0], first.train[1])  # two different augmented views
+    again = load_or_build(tmp_path, splits, augment=aug, views=2, **kw)
+    assert not again.built and again.path == first.path
+    np.testing.assert_array_equal(again.train, first.train)
+    other = load_or_build(tmp_path, splits, augment=None, views=2, **kw)  # another key: another file
+    assert other.built and other.path != first.path and other.train.shape[0] == 1
+    # a file at the right name but with another key inside is rebuilt, not used
+    with np.load(first.path) as f:
+        arrays = dict(f)
+    bad = json.loads(arrays["key"].tobytes())
+    bad["seed"] = 99
+    arrays["key"] = np.frombuffer(json.dumps(bad).encode(), dtype=np.uint8)
+    arrays["train"] = arrays["train"] * 0
+    np.savez(first.path, **arrays)
+    rebuilt = load_or_build(tmp_path, splits, augment=aug, views=2, **kw)
+    assert rebuilt.built and np.abs(rebuilt.train).sum() > 0
+
+
+def test_cached_and_uncached_children_give_the_same_validation_metrics(small, tmp_path):
+    from icao_mtl.architectures import ModelConfig, build_model
+    from icao_mtl.losses import MaskedMultiTaskLoss
+    from icao_mtl.training import Engine, Phase
+
+    _, _, splits, weights = small
+    feats = load_or_build(tmp_path, splits, backbone="small_cnn", weights=weights, image_size=64, augment=None,
+                          seed=0, verbose=0)
+    tasks, groups, config = splits.train.tasks, splits.train.groups, (2, 1, 3, 1)
+    keras.utils.set_random_seed(7)
+    full = build_model(ModelConfig("nas", "small_cnn", weights, image_size=64, nas_config=config), tasks, groups)
+    set_backbone_trainable(full, tasks, "frozen")
+    head = nas_search.head_model(config, feats.dim, tasks, groups)
+    copy_full_to_grouped(full, head, config, tasks, groups)  # the same initial head, in the grouped form
+    opt = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
+    loss = MaskedMultiTaskLoss(tasks, 0.1)
+    images = data.ImagePipeline(splits.train, 64, 32, seed=0)
+    e1 = Engine(full, tasks, optimizer=opt, loss=loss, monitor="loss", verbose=0)
+    e1.fit([Phase("train", 2)], {"train": images})
+    e2 = Engine(head, tasks, optimizer=opt, loss=loss, monitor="loss", verbose=0)
+    e2.fit([Phase("train", 2)], {"train": FeaturePipeline(feats.train, splits.train, 32, 0)})
+    v1 = e1.evaluate(data.ImagePipeline(splits.val, 64, 64), summary=True)
+    v2 = e2.evaluate(FeaturePipeline(feats.val, splits.val, 64), summary=True)
+    assert v2["loss"] == pytest.approx(v1["loss"], rel=1e-3)
+    assert v2["eer"] == pytest.approx(v1["eer"], abs=1e-3)
+    for t in tasks:
+        np.testing.assert_allclose(v2["scores"][t], v1["scores"][t], atol=1e-3)
+
+
+def test_grouped_head_is_the_per_task_head(tmp_path):
+    """The grouped form computes exactly the full NAS model's head, weights carry over both ways, and it
+    saves and loads with safe_mode."""
+    from icao_mtl.architectures import ModelConfig, build_model, count_params
+    from icao_mtl.requisites import GROUPS, IDS
+
+    config = (3, 1, 2, 4)
+    full = build_model(ModelConfig("nas", "small_cnn", "none", image_size=64, nas_config=config), IDS, GROUPS)
+    head = grouped_head(config, 128, IDS, GROUPS, seed=1)
+    assert count_params(head)["total"] == parameters(config, 128, IDS, GROUPS)
+    copy_grouped_to_full(head, full, config, IDS, GROUPS)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    pooled = keras.Model(full.input, full.get_layer("head_gap").output)(x).numpy()
+    a, b = head(pooled[:, None, None, :]), full(x)
+    for t in IDS:
+        np.testing.assert_allclose(a[t], b[t], atol=1e-5)
+    other = grouped_head(config, 128, IDS, GROUPS, seed=2)
+    copy_full_to_grouped(full, other, config, IDS, GROUPS)
+    c = other(pooled[:, None, None, :])
+    for t in IDS:
+        np.testing.assert_allclose(c[t], b[t], atol=1e-5)
+    head.save(tmp_path / "h.keras")
+    again = keras.saving.load_model(tmp_path / "h.keras", safe_mode=True)
+    np.testing.assert_allclose(again(pooled[:, None, None, :])["veil"], a["veil"], atol=1e-6)
+
+
+def _args(ds_dir, out, *extra, weights=None, cache=None, final=2):
+    a = ["--data", str(ds_dir), "--img-size", "64", "--out", str(out), "--final-epochs", str(final), "--quiet",
+         "--views", "2", "--synth-n", "300", "--synth-size", "64"]
+    if weights:
+        a += ["--weights", weights]
+    if cache:
+        a += ["--cache-dir", str(cache)]
+    return a + list(extra)
+
+
+def test_end_to_end_search_pretrains_searches_retrains_and_writes_the_table(small, tmp_path):
+    _, ds_dir, _, _ = small
+    out = tmp_path / "s"
+    assert nas_search.main(_args(ds_dir, out, "--controller", "random", "--trials", "4", "--child-epochs", "1",
+                                 "--pretrain-epochs", "1")) == 0
+    recs = sorted(out.glob("trials/*.json"))
+    assert len(recs) == 4
+    rec = json.loads(recs[0].read_text())
+    assert set(rec) >= {"config", "metrics", "seconds"} and rec["metrics"]["val_eer_mean"] > 0
+    assert len({tuple(json.loads(r.read_text())["config"]) for r in recs}) == 4  # random: no repeats
+    assert (out / "backbone.weights.h5").is_file()  # offline: the backbone was pretrained, then frozen
+    result = json.loads((out / "result.json").read_text())
+    assert result["N"] == 4 and result["eer_mean"] is not None
+    best = min((json.loads(r.read_text()) for r in recs), key=lambda r: r["metrics"]["val_eer_mean"])
+    assert result["best_config"] == best["config"]
+    assert "| 1 (random) | 1 | 4 |" in (out / "table2.md").read_text()
+    assert (out / "best_so_far.png").stat().st_size > 5000
+    final = json.loads((out / "final" / "metrics.json").read_text())
+    assert set(final) >= {"val", "test"} and (out / "final" / "model.keras").is_file()
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["approach"] == "nas" and cfg["nas_config"] == best["config"]
+    assert nas_search.main(["--summarize", str(out), str(out)]) == 0
+
+
+def test_a_diverging_child_is_a_failed_trial_and_the_search_goes_on(small, tmp_path, monkeypatch):
+    from icao_mtl.errors import NonFiniteLossError
+
+    _, ds_dir, _, weights = small
+    real = nas_search.train_head
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise NonFiniteLossError("The training loss became nan at step 3")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(nas_search, "train_head", flaky)
+    out = tmp_path / "s"
+    assert nas_search.main(_args(ds_dir, out, "--controller", "random", "--trials", "3", weights=weights, final=0)) == 0
+    recs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*.json"))]
+    assert len(recs) == 3 and sum(r["failure"] is not None for r in recs) == 1
+    assert "diverged" in next(r["failure"] for r in recs if r["failure"])
+    assert json.loads((out / "result.json").read_text())["trials_run"] == 2
+
+
+def test_resume_after_a_kill_continues_without_repeating_trials(small, tmp_path):
+    _, ds_dir, _, weights = small
+    out = tmp_path / "s"
+    args = [sys.executable, "-m", "nas.search", *_args(ds_dir, out, "--controller", "reinforce", "--trials", "4",
+                                                        weights=weights, cache=tmp_path / "cache", final=0)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("trials/*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in out.glob("trials/*.json")}
+    assert 2 <= len(done_before) < 4 and not (out / "result.json").exists()
+    again = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    recs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*.json"))]
+    assert len(recs) == 4 and len({r["trial_id"] for r in recs}) == 4
+    assert {p.name for p in out.glob("trials/*.json")} >= done_before  # finished trials were kept, not rerun
+    assert len({tuple(r["config"]) for r in recs}) == 4  # REINFORCE never trains a configuration twice
+    # --resume against another search is refused
+    other_args = _args(ds_dir, out, "--controller", "random", "--trials", "4", weights=weights, final=0)
+    other = subprocess.run([sys.executable, "-m", "nas.search", *other_args, "--resume"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 2 and "controller: 'reinforce' there, 'random' now" in other.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_search_with_a_chief_and_two_workers(small, tmp_path):
+    _, ds_dir, _, weights = small
+    out = tmp_path / "dist"
+    port = str(_free_port())
+    args = [sys.executable, "-m", "nas.search", *_args(ds_dir, out, "--controller", "random", "--trials", "6",
+                                                        weights=weights, cache=tmp_path / "cache", final=0)]
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERASTUNER_ORACLE_IP": "127.0.0.1",
+            "KERASTUNER_ORACLE_PORT": port}
+    chief = subprocess.Popen(args, env={**base, "KERASTUNER_TUNER_ID": "chief"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    workers = [subprocess.Popen(args, env={**base, "KERASTUNER_TUNER_ID": f"tuner{i}"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-2000:]
+    _, err = chief.communicate(timeout=600)
+    assert chief.returncode == 0, err[-2000:]
+    recs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*.json"))]
+    assert len(recs) == 6 and len({r["trial_id"] for r in recs}) == 6  # every trial ran exactly once
+    assert {r["tuner_id"] for r in recs} <= {"tuner1", "tuner2"} and len({r["pid"] for r in recs}) >= 1
+    result = json.loads((out / "result.json").read_text())  # gathered and finished by the chief
+    assert result["trials_run"] == 6 and result["best_val_eer_mean"] > 0
