@@ -39,3 +39,13 @@ def test_nas_random_vs_reinforce(tmp_path, monkeypatch):
     assert "65 of 625 configurations are reachable" in text
     assert (tmp_path / "searches" / "notebook_02" / "reinforce" / "final" / "model.keras").is_file()
 
+
+def test_gradcam_error_analysis(tmp_path, monkeypatch):
+    monkeypatch.delenv("ICAO_MTL_RUN", raising=False)
+    nb = run_notebook("03_gradcam_error_analysis.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "") for o in outputs)
+    assert "| Requisite | region | images |" in text and "requisite" in text and "threshold" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+    assert (tmp_path / "runs" / "notebook_03" / "analysis" / "region_mass.csv").is_file()

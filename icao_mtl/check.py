@@ -1,0 +1,323 @@
+"""``python -m icao_mtl.check RUN_DIR photo.jpg [more ...] [--json OUT] [--heatmaps DIR]
+[--operating-point eer|fmr=0.01] [--backend keras|savedmodel|tflite [--export DIR]] [--crop-face]``
+
+Checks photos against the ICAO requisites with a trained run: for each photo and requisite a verdict
+(compliant, non-compliant, or not applicable where the run's model has no output for that requisite),
+the score (probability of compliant) and the threshold used. Thresholds come from the run's
+validation split: the EER point (default), or the threshold whose false match rate (non-compliant
+photos accepted) is at most a target, ``--operating-point fmr=0.01``.
+
+Photos of any size, colour or grey, with or without alpha (composited on white), taken as framed
+(a passport photo is) and padded to a square; ``--crop-face`` looks for the face first (scikit-image's
+LBP frontal-face cascade) and crops the photo to the framing the models were trained on (face about
+40% of the width). A file that is not an image,
+a truncated image, a directory or a tiny image gets an error of its own; the other photos are still
+checked, and the exit code is 1 when some photo failed (2 for a problem with the run or the options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import io as aio
+from .errors import ConfigError, IcaoMtlError, command
+from .requisites import BY_ID, IDS
+
+MIN_SIDE = 32
+FACE_WIDTH_SHARE = 0.40  # face width / image width in the training framing
+FACE_CENTRE_HEIGHT = 0.45  # face centre / image height
+
+
+class PhotoError(IcaoMtlError):
+    """One photo cannot be checked (the others still are)."""
+
+
+def load_photo(path) -> np.ndarray:
+    """A photo as uint8 RGB (H, W, 3); alpha is composited on white.
+
+    Raises:
+        PhotoError: missing, a directory, not an image, truncated, or smaller than 32 pixels a side.
+    """
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    path = Path(path)
+    if path.is_dir():
+        raise PhotoError(f"{path} is a directory, not a photo. Fix: pass image files (e.g. {path}/*.jpg).")
+    if not path.is_file():
+        raise PhotoError(f"{path} not found. Fix: check the path.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, rgba)
+            rgb = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise PhotoError(f"{path} is not an image (unknown format). Fix: pass a JPEG, PNG, BMP or similar.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PhotoError(f"{path} cannot be decoded ({exc}); it is probably truncated or corrupt. Fix: export the "
+                         "photo again.") from None
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise PhotoError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} pixels; the check needs at least {MIN_SIDE} per "
+                         "side. Fix: use the full-resolution photo.")
+    return rgb
+
+
+@dataclass
+class Framing:
+    faces: int  # faces found (-1: not looked for)
+    cropped: bool
+    padded: bool = False
+    box: list | None = None  # the face (x, y, width, height) in the photo's pixels
+    note: str = ""
+
+
+def crop_to_framing(rgb: np.ndarray, box) -> np.ndarray:
+    """The square crop in which the face ``box`` (x, y, width, height) has the training framing: face
+    width 40% of the side, face centre at 45% of the height, centred horizontally (edges replicated
+    where the crop leaves the photo)."""
+    x, y, fw, fh = box
+    h, w = rgb.shape[:2]
+    size = max(MIN_SIDE, int(round(fw / FACE_WIDTH_SHARE)))
+    cx, cy = x + fw / 2, y + fh / 2
+    x0, y0 = int(round(cx - size / 2)), int(round(cy - FACE_CENTRE_HEIGHT * size))
+    pad = max(0, -x0, -y0, x0 + size - w, y0 + size - h)
+    padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
+    return padded[y0 + pad:y0 + pad + size, x0 + pad:x0 + pad + size]
+
+
+def pad_to_square(rgb: np.ndarray) -> np.ndarray:
+    """Centre the photo on a square canvas (edges replicated), so resizing does not distort the face."""
+    h, w = rgb.shape[:2]
+    if h == w:
+        return rgb
+    d = abs(h - w)
+    a, b = d // 2, d - d // 2
+    spec = ((a, b), (0, 0), (0, 0)) if h < w else ((0, 0), (a, b), (0, 0))
+    return np.pad(rgb, spec, mode="edge")
+
+
+def frame_face(rgb: np.ndarray, crop_face: bool = False) -> tuple[np.ndarray, Framing]:
+    """The square image the model sees, and how it was obtained.
+
+    Without ``crop_face`` the photo is taken as framed (a passport photo is) and padded to a square.
+    With it, the LBP frontal-face cascade of scikit-image looks for faces at least a fifth of the
+    photo's short side; with one or more, the largest is cropped to the training framing (see
+    :func:`crop_to_framing`) unless it is framed so already. The cascade is a classical detector:
+    it misses many faces (the report says so, and the whole photo is checked).
+    """
+    framing = Framing(faces=-1, cropped=False)
+    if crop_face:
+        import skimage.data
+        import skimage.feature
+
+        h, w = rgb.shape[:2]
+        side = min(h, w)
+        detector = skimage.feature.Cascade(skimage.data.lbp_frontal_face_cascade_filename())
+        faces = detector.detect_multi_scale(rgb.mean(-1) / 255.0, scale_factor=1.2, step_ratio=1,
+                                            min_size=(side // 5, side // 5), max_size=(side, side))
+        framing.faces = len(faces)
+        if not faces:
+            framing.note = "no face found: the whole photo was checked"
+        else:
+            face = max(faces, key=lambda f: f["width"])
+            framing.box = [int(face["c"]), int(face["r"]), int(face["width"]), int(face["height"])]
+            many = f"{len(faces)} faces found, the largest checked; " if len(faces) > 1 else ""
+            share = face["width"] / w
+            if 0.3 <= share <= 0.55 and abs(face["c"] + face["width"] / 2 - w / 2) < 0.1 * w and h == w:
+                framing.note = many + "already framed like the training photos"
+            else:
+                rgb = crop_to_framing(rgb, framing.box)
+                framing.cropped = True
+                framing.note = many + "cropped to the training framing"
+    if rgb.shape[0] != rgb.shape[1]:
+        rgb = pad_to_square(rgb)
+        framing.padded = True
+        framing.note = "; ".join(n for n in (framing.note, "padded to a square") if n)
+    return rgb, framing
+
+
+def thresholds(run_dir: Path, tasks, operating_point: str) -> dict:
+    """Per task, the decision threshold on P(compliant) at the operating point, from validation."""
+    from .metrics import threshold_at_fmr
+    from .runs import read_scores
+
+    if operating_point == "eer":
+        metrics = aio.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
+        if metrics is None:
+            raise ConfigError(f"{run_dir} has no metrics.json to take the EER thresholds from. Fix: evaluate the run "
+                              "(python -m icao_mtl.evaluate RUN_DIR).")
+        per = metrics.get("val", metrics.get("test", {})).get("per_requisite", {})
+        return {t: per.get(t, {}).get("threshold") for t in tasks}
+    if not operating_point.startswith("fmr="):
+        raise ConfigError(f"Unknown operating point {operating_point!r}. Fix: use eer or fmr=<rate>, e.g. fmr=0.01.")
+    try:
+        target = float(operating_point[4:])
+    except ValueError:
+        raise ConfigError(f"Bad operating point {operating_point!r}. Fix: e.g. fmr=0.01.") from None
+    _, scores, labels = read_scores(run_dir / "scores_val.csv")
+    if not labels:
+        raise ConfigError("scores_val.csv has no labels (an older run). Fix: re-evaluate the run "
+                          "(python -m icao_mtl.evaluate RUN_DIR) to choose thresholds at an FMR.")
+    out = {}
+    for t in tasks:
+        try:
+            out[t] = threshold_at_fmr(labels[t], scores[t], target) if t in scores else None
+        except ValueError:
+            out[t] = None
+    return out
+
+
+class KerasPredictor:
+    def __init__(self, models: dict):
+        self.models = models
+
+    @property
+    def tasks(self):
+        return [t for m in self.models.values() for t in m.output_names]
+
+    @property
+    def input_size(self) -> int:
+        return int(next(iter(self.models.values())).input.shape[1])
+
+    def predict(self, images, batch_size: int = 32):
+        # A direct call, not Model.predict: for the few photos of a check, predict's per-call set-up
+        # (a tf.data pipeline and a traced function) costs more than the forward pass.
+        images = np.asarray(images, np.float32)
+        out = {}
+        for m in self.models.values():
+            parts = [m(images[i:i + batch_size], training=False) for i in range(0, len(images), batch_size)]
+            for t in parts[0]:
+                out[t] = np.concatenate([np.asarray(p[t])[:, 1] for p in parts]).astype(np.float64)
+        return out
+
+
+@dataclass
+class PhotoReport:
+    photo: str
+    ok: bool
+    error: str | None = None
+    framing: dict = field(default_factory=dict)
+    requisites: dict = field(default_factory=dict)
+    compliant: bool | None = None
+    heatmaps: dict = field(default_factory=dict)
+
+
+def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str = "keras", crop_face: bool = False,
+                 heatmaps_dir=None, export_dir=None) -> list[PhotoReport]:
+    """Check photos with a run; one report per photo (failed photos carry their error).
+
+    ``backend`` "savedmodel" or "tflite" runs the export in ``export_dir`` (default
+    ``RUN_DIR/export/<backend>``); the thresholds still come from the run directory."""
+    import cv2
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"Run directory {run_dir} not found. Fix: pass the directory of a training run.")
+    models = None
+    if backend == "keras":
+        from .runs import load_models
+
+        models = load_models(run_dir)
+        predictor = KerasPredictor(models)
+    elif backend in ("savedmodel", "tflite"):
+        from .export import ExportedPredictor
+
+        predictor = ExportedPredictor(export_dir or run_dir / "export" / backend)
+        if predictor.format != backend:
+            raise ConfigError(f"{predictor.dir} holds a {predictor.format} export, not {backend}. Fix: pass "
+                              f"--backend {predictor.format}.")
+    else:
+        raise ConfigError(f"Unknown backend {backend!r}. Fix: use keras, savedmodel or tflite.")
+    tasks = predictor.tasks
+    thr = thresholds(run_dir, tasks, operating_point)
+    size = predictor.input_size
+    reports = []
+    for photo in photos:
+        try:
+            rgb = load_photo(photo)
+            framed, framing = frame_face(rgb, crop_face)
+            img = cv2.resize(framed, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+            scores = predictor.predict(img[None])
+        except PhotoError as exc:
+            reports.append(PhotoReport(str(photo), False, str(exc)))
+            continue
+        req = {}
+        for t in IDS if set(tasks) <= set(IDS) else tasks:
+            if t not in scores or thr.get(t) is None or not math.isfinite(thr[t]):
+                req[t] = {"verdict": "not applicable", "score": float(scores[t][0]) if t in scores else None,
+                          "threshold": None}
+                continue
+            s = float(scores[t][0])
+            req[t] = {"verdict": "compliant" if s >= thr[t] else "non-compliant", "score": s, "threshold": float(thr[t])}
+        assessed = [v["verdict"] for v in req.values() if v["verdict"] != "not applicable"]
+        report = PhotoReport(str(photo), True, framing=framing.__dict__, requisites=req,
+                             compliant=all(v == "compliant" for v in assessed) if assessed else None)
+        if heatmaps_dir and models is not None:
+            from . import gradcam
+
+            failing = [t for t, v in req.items() if v["verdict"] == "non-compliant"]
+            for t in failing:
+                model = models[t] if t in models else models["model"]
+                cam = gradcam.compute(model, img[None], t, target="non_compliant")[0]
+                path = Path(heatmaps_dir) / f"{Path(photo).stem}_{t}.png"
+                ok, buf = cv2.imencode(".png", cv2.cvtColor(gradcam.overlay(img.astype(np.uint8), cam),
+                                                            cv2.COLOR_RGB2BGR))
+                aio.write_bytes(path, buf.tobytes())
+                report.heatmaps[t] = str(path)
+        reports.append(report)
+    return reports
+
+
+def format_report(r: PhotoReport) -> str:
+    if not r.ok:
+        return f"{r.photo}: ERROR {r.error}\n"
+    lines = [f"{r.photo}: " + ("COMPLIANT" if r.compliant else "NOT COMPLIANT" if r.compliant is False else
+                               "no requisite assessed") + (f"  ({r.framing.get('note')})" if r.framing.get("note") else "")]
+    lines.append(f"  {'requisite':<14} {'verdict':<15} {'score':>7} {'threshold':>9}")
+    for t, v in r.requisites.items():
+        name = BY_ID[t].name if t in BY_ID else t
+        score = "" if v["score"] is None else f"{v['score']:.3f}"
+        thr = "" if v["threshold"] is None else f"{v['threshold']:.3f}"
+        flag = " <" if v["verdict"] == "non-compliant" else ""
+        lines.append(f"  {name:<14} {v['verdict']:<15} {score:>7} {thr:>9}{flag}")
+    return "\n".join(lines) + "\n"
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m icao_mtl.check", description=__doc__.split("\n\n")[1])
+    p.add_argument("run_dir")
+    p.add_argument("photos", nargs="+")
+    p.add_argument("--json", default=None, help="write the reports as JSON to this file")
+    p.add_argument("--heatmaps", default=None, help="write a Grad-CAM overlay per failing requisite here (keras)")
+    p.add_argument("--operating-point", default="eer", help="eer (default) or fmr=<rate>, e.g. fmr=0.01")
+    p.add_argument("--backend", default="keras", choices=("keras", "savedmodel", "tflite"))
+    p.add_argument("--export", default=None, help="export directory for --backend savedmodel/tflite "
+                                                  "(default RUN_DIR/export/<backend>)")
+    p.add_argument("--crop-face", action="store_true", help="find the face and crop to the training framing")
+    args = p.parse_args(argv)
+    reports = check_photos(args.run_dir, args.photos, operating_point=args.operating_point, backend=args.backend,
+                           crop_face=args.crop_face, heatmaps_dir=args.heatmaps, export_dir=args.export)
+    for r in reports:
+        print(format_report(r))
+    if args.json:
+        aio.write_json(args.json, {"run": str(args.run_dir), "operating_point": args.operating_point,
+                                   "backend": args.backend, "photos": [r.__dict__ for r in reports]})
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(reports)} photos could not be checked.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
