@@ -114,3 +114,19 @@ def test_command_line(tmp_path, capsys):
 def test_markdown_table_lists_every_requisite():
     table = markdown_table()
     assert all(f"`{r}`" in table for r in IDS)
+
+
+def test_a_default_set_of_an_older_generator_version_is_rendered_again(tmp_path):
+    from icao_mtl.errors import IcaoMtlError
+    from icao_mtl.synth import ensure_dataset
+
+    cfg = SynthConfig(n=12, size=64, seed=2)
+    out = ensure_dataset(cfg, tmp_path, workers=1, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": "0.9"}))
+    assert ensure_dataset(cfg, tmp_path, workers=1, progress=False) == out
+    assert json.loads((out / "meta.json").read_text())["version"] == meta["version"]
+    # something that is not ours under that name is left alone, with an error saying what to do
+    (out / "meta.json").write_text("{}")
+    with pytest.raises(IcaoMtlError, match="--overwrite"):
+        ensure_dataset(cfg, tmp_path, workers=1, progress=False)

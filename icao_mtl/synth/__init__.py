@@ -43,4 +43,17 @@ def ensure_dataset(cfg: SynthConfig = SynthConfig(), root: str | os.PathLike | N
     out = Path(root or default_data_root()) / cfg.default_name()
     if is_complete(out, cfg):
         return out
-    return generate(out, cfg, workers=workers or max(1, os.cpu_count() or 1), progress=progress)
+    # A set that an older version of this generator rendered under its default name is replaced
+    # (the name is ours); anything else there is left alone and reported.
+    return generate(out, cfg, workers=workers or max(1, os.cpu_count() or 1), progress=progress,
+                    overwrite=_rendered_by_older_version(out))
+
+
+def _rendered_by_older_version(out: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("generator") == "icao_mtl.synth" and meta.get("version") != GENERATOR_VERSION

@@ -25,9 +25,14 @@ import cv2
 import numpy as np
 
 from .. import io as aio
+from ..errors import IcaoMtlError
 from ..requisites import GROUPS, IDS, LABEL_CODES
 from .portrait import render, sample_portrait
 from .specs import SPECS
+
+class DatasetExistsError(IcaoMtlError, FileExistsError):
+    """The output directory holds something other than the requested dataset."""
+
 
 GENERATOR_VERSION = "1.1"  # 1.1: regions.csv: lower half of the head (and the veil); shoulders, shadow, strands
 REGION_NAMES = ("face", "eyes", "mouth", "lower_face", "head_top", "person", "shoulders", "head_shadow", "strands",
@@ -177,7 +182,7 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, worker
     if is_complete(out, cfg):
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise DatasetExistsError(
             f"{out} exists and does not hold the dataset n={cfg.n}, size={cfg.size}, seed={cfg.seed}, "
             f"format={cfg.format}. Choose another --out, or pass --overwrite to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
