@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 
 import cv2
 import numpy as np
 
 from .errors import ConfigError
 
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 TARGETS = ("predicted", "compliant", "non_compliant")
 SCORES = ("logit", "probability")
 
@@ -90,6 +92,33 @@ def compute(model, images, task: str, *, layer: str | None = None, target="predi
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ConfigError(f"images must have shape (n, H, W, 3). Received: {images.shape}")
     layer = layer or default_layer(model)
+    maps, band = _map_function(model, task, layer, target, score, plus)
+
+    h, w = images.shape[1:3]
+    out = []
+    for start in range(0, len(images), batch_size):
+        cams = maps(tf.constant(images[start:start + batch_size])).numpy()
+        for cam in cams:
+            if band is not None:
+                cam = _fold_band(cam, band)
+            peak = cam.max()
+            if peak > 0:
+                cam = cam / peak
+            if upsample:
+                cam = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append(cam.astype(np.float32))
+    return np.clip(np.stack(out), 0.0, 1.0) if out else np.zeros((0, h, w), np.float32)
+
+
+def _map_function(model, task, layer, target, score, plus):
+    """The traced map function of one (model, task, layer, options), cached per model so that a loop of
+    calls (a photo at a time) traces once."""
+    import tensorflow as tf
+
+    per_model = _FUNCTIONS.setdefault(model, {})
+    key = (task, layer, target, score, plus)
+    if key in per_model:
+        return per_model[key]
     grad_model, out_layer = _grad_model(model, task, layer)
     kernel, bias = out_layer.kernel, out_layer.bias
     band = _band_geometry(model, layer)
@@ -125,20 +154,8 @@ def compute(model, images, task: str, *, layer: str | None = None, target="predi
         cam = tf.nn.relu(tf.einsum("bhwk,bk->bhw", conv, weights))
         return cam
 
-    h, w = images.shape[1:3]
-    out = []
-    for start in range(0, len(images), batch_size):
-        cams = maps(tf.constant(images[start:start + batch_size])).numpy()
-        for cam in cams:
-            if band is not None:
-                cam = _fold_band(cam, band)
-            peak = cam.max()
-            if peak > 0:
-                cam = cam / peak
-            if upsample:
-                cam = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(cam.astype(np.float32))
-    return np.clip(np.stack(out), 0.0, 1.0) if out else np.zeros((0, h, w), np.float32)
+    per_model[key] = (maps, band)
+    return maps, band
 
 
 def _band_geometry(model, layer: str):
