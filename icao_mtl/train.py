@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from .config import APPROACHES, PAPER_PRESETS, TrainConfig
-from .errors import IcaoMtlError
+from .errors import IcaoMtlError, command
 
 # command-line flag -> config field (flags default to None: only the ones given override --config)
 _FLAGS = {
@@ -103,16 +103,13 @@ def config_from_args(args) -> TrainConfig:
     return base.copy(**changes)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args).validate()
-        from .runs import train
+    cfg = config_from_args(args).validate()
+    from .runs import train
 
-        train(cfg, resume=args.resume, verbose=2 if args.quiet else 1)
-    except IcaoMtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    train(cfg, resume=args.resume, verbose=2 if args.quiet else 1)
     return 0
 
 

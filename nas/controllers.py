@@ -125,6 +125,35 @@ class _SpaceOracle(keras_tuner.Oracle):
         self.stop_reason = state.get("stop_reason")
 
 
+class _PolicyOracle(_SpaceOracle):
+    """A controller with a network: its variables, its optimiser's, the baseline and the last
+    configuration are saved with the search (``policy`` holds the arrays as one base64 .npz)."""
+
+    def _policy_variables(self) -> list:
+        raise NotImplementedError  # each controller names its network's variables
+
+    def get_state(self):
+        state = super().get_state()
+        arrays = [v.numpy() for v in self._policy_variables()] + [v.numpy() for v in self._opt.variables]
+        state.update(policy=_encode_arrays(arrays), baseline=self.baseline,
+                     last_config=list(self.last_config) if self.last_config else None)
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        if "policy" not in state:
+            return
+        arrays = _decode_arrays(state["policy"])
+        variables = self._policy_variables() + list(self._opt.variables)
+        if len(arrays) != len(variables) or any(tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables)):
+            raise ConfigError("The saved controller does not match this controller's shape (units or space). Fix: "
+                              "resume with the same controller options.")
+        for v, a in zip(variables, arrays):
+            v.assign(a)
+        self.baseline = state["baseline"]
+        self.last_config = tuple(state["last_config"]) if state["last_config"] else None
+
+
 class RandomOracle(_SpaceOracle):
     """Uniform sampling without repetition until the space is exhausted (then the search stops and
     says so). Its random stream is saved with the search, so a resumed search proposes what an
@@ -174,7 +203,7 @@ def _encode(space: BranchDepthSpace, config: Config | None) -> np.ndarray:
     return np.concatenate(parts)
 
 
-class ReinforceOracle(_SpaceOracle):
+class ReinforceOracle(_PolicyOracle):
     """REINFORCE with an LSTM policy (Williams 1992, as ENAS uses it; Zoph and Le 2017).
 
     The policy is an LSTM of ``units`` cells run for one step per task group. At step g its input is
@@ -355,38 +384,26 @@ class ReinforceOracle(_SpaceOracle):
         self._update(self.last_config, config, reward)
         self.last_config = config
 
+    def _policy_variables(self) -> list:
+        return list(self._variables)
+
     def get_state(self):
         state = super().get_state()
-        arrays = [v.numpy() for v in self._variables] + [v.numpy() for v in self._opt.variables]
-        state.update(policy=_encode_arrays(arrays), baseline=self.baseline,
-                     last_config=list(self.last_config) if self.last_config else None,
-                     rng=self._rng.bit_generator.state,
+        state.update(rng=self._rng.bit_generator.state,
                      hyper=dict(units=self.units, learning_rate=self.learning_rate, baseline_decay=self.baseline_decay,
                                 entropy_weight=self.entropy_weight, updates=self.updates))
         return state
 
     def set_state(self, state):
         super().set_state(state)
-        if "policy" not in state:
-            return
-        arrays = _decode_arrays(state["policy"])
-        n = len(self._variables)
-        if len(arrays) != n + len(self._opt.variables):
-            raise ConfigError("The saved controller does not match this controller's shape (units or space). Fix: "
-                              "resume with the same controller options.")
-        for v, a in zip(self._variables, arrays[:n]):
-            v.assign(a)
-        for v, a in zip(self._opt.variables, arrays[n:]):
-            v.assign(a)
-        self.baseline = state["baseline"]
-        self.last_config = tuple(state["last_config"]) if state["last_config"] else None
-        self._rng.bit_generator.state = state["rng"]
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # the reference code's controller, as it behaves
 
-class ReferenceOracle(_SpaceOracle):
+class ReferenceOracle(_PolicyOracle):
     """The paper's reference "REINFORCE" controller (``nas_controller_2.py``), reproduced as a
     baseline. It is NOT a policy gradient and does not learn.
 
@@ -461,25 +478,16 @@ class ReferenceOracle(_SpaceOracle):
             self.gradient_norms.append(float(tf.linalg.global_norm(grads)))
             self._opt.apply(grads, self._model.trainable_variables)
 
+    def _policy_variables(self) -> list:
+        return list(self._model.weights)
+
     def get_state(self):
         state = super().get_state()
-        arrays = self._model.get_weights() + [v.numpy() for v in self._opt.variables]
-        state.update(policy=_encode_arrays(arrays), baseline=self.baseline,
-                     last_config=list(self.last_config) if self.last_config else None,
-                     gradient_norms=self.gradient_norms)
+        state.update(gradient_norms=self.gradient_norms)
         return state
 
     def set_state(self, state):
         super().set_state(state)
-        if "policy" not in state:
-            return
-        arrays = _decode_arrays(state["policy"])
-        n = len(self._model.get_weights())
-        self._model.set_weights(arrays[:n])
-        for v, a in zip(self._opt.variables, arrays[n:]):
-            v.assign(a)
-        self.baseline = state["baseline"]
-        self.last_config = tuple(state["last_config"]) if state["last_config"] else None
         self.gradient_norms = state.get("gradient_norms", [])
 
 
