@@ -38,6 +38,9 @@ def split_dataset_of_run(run_dir: Path, cfg, split: str):
     mapping = data.ColumnMapping.from_json(cfg.mapping) if cfg.mapping else None
     ds = data.load(cfg.data, tasks=cfg.tasks, mapping=mapping, check_images="exists", synth_n=cfg.synth_n,
                    synth_size=cfg.synth_size, progress=False)
+    if not (run_dir / "split.csv").is_file():
+        raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
+                          "directory written by python -m icao_mtl.train, nas.search or nas.branching.")
     table = pd.read_csv(run_dir / "split.csv")
     names = table.loc[table["split"] == split, "image"].tolist()
     index = {n: i for i, n in enumerate(ds.names)}
@@ -106,7 +109,7 @@ def gallery(run_dir: Path, task: str, kind: str = "all", n: int = 12, split: str
         ax.axis("off")
     for ax in axes.flat[len(chosen):]:
         ax.axis("off")
-    fig.suptitle(f"{_name(task)}: Grad-CAM{'++' if plus else ''} at {layer or gradcam.default_layer(model)}, {split} "
+    fig.suptitle(f"{_name(task)}: Grad-CAM{'++' if plus else ''} at {layer or gradcam.default_layer(model, task)}, {split} "
                  f"split, {kind.upper() if kind != 'all' else 'all outcomes'}", fontsize=9)
     return _save(fig, run_dir / "analysis" / f"gradcam_{task}_{kind}_{split}.png")
 

@@ -215,11 +215,36 @@ def backbone_layers(model: keras.Model, tasks) -> list:
             and not l.name.startswith(HEAD_PREFIX) and l.name not in tasks]
 
 
-def last_conv_layer(model: keras.Model, tasks) -> str:
-    """Name of the backbone's last 2-D convolution (the default Grad-CAM layer; depthwise
-    convolutions excluded, as Keras 3 no longer makes them Conv2D subclasses)."""
-    convs = [l.name for l in backbone_layers(model, tasks) if isinstance(l, keras.layers.Conv2D)
-             and not isinstance(l, keras.layers.DepthwiseConv2D)]
+def _is_conv(layer) -> bool:
+    """A 2-D convolution (depthwise excluded, as Keras 3 no longer makes them Conv2D subclasses), or a
+    block holding one (the blocks of the BMTAS branched networks)."""
+    def plain(l):
+        return isinstance(l, keras.layers.Conv2D) and not isinstance(l, keras.layers.DepthwiseConv2D)
+
+    return plain(layer) or any(plain(l) for l in layer._flatten_layers(include_self=False, recursive=True))
+
+
+def _ancestors(model: keras.Model, name: str) -> set:
+    """Names of the layers the output of layer ``name`` depends on (itself included)."""
+    seen, stack = set(), [model.get_layer(name)]
+    while stack:
+        layer = stack.pop()
+        if layer.name in seen:
+            continue
+        seen.add(layer.name)
+        for node in layer._inbound_nodes:
+            stack.extend(parent.operation for parent in node.parent_nodes)
+    return seen
+
+
+def last_conv_layer(model: keras.Model, tasks, task: str | None = None) -> str:
+    """Name of the backbone's last 2-D convolution (the default Grad-CAM layer); with ``task``, the last
+    one on that task's path (a branched network has one last convolution per branch)."""
+    layers = backbone_layers(model, tasks)
+    if task is not None and task in {l.name for l in model.layers}:
+        path = _ancestors(model, task)
+        layers = [l for l in layers if l.name in path]
+    convs = [l.name for l in layers if _is_conv(l)]
     if not convs:
         raise ConfigError(f"Model {model.name!r} has no convolution in its backbone.")
     return convs[-1]

@@ -39,11 +39,11 @@ def _output_layer(model, task):
                           "one of them as the requisite.") from None
 
 
-def default_layer(model) -> str:
-    """The backbone's last 2-D convolution."""
+def default_layer(model, task: str | None = None) -> str:
+    """The backbone's last 2-D convolution (on ``task``'s path, for a branched network)."""
     from .backbones import last_conv_layer
 
-    return last_conv_layer(model, model.output_names)
+    return last_conv_layer(model, model.output_names, task)
 
 
 def _grad_model(model, task: str, layer: str):
@@ -91,7 +91,7 @@ def compute(model, images, task: str, *, layer: str | None = None, target="predi
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ConfigError(f"images must have shape (n, H, W, 3). Received: {images.shape}")
-    layer = layer or default_layer(model)
+    layer = layer or default_layer(model, task)
     maps, band = _map_function(model, task, layer, target, score, plus)
 
     h, w = images.shape[1:3]

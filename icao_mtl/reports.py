@@ -66,9 +66,8 @@ def requisite_table(split_metrics: dict, *, title: str | None = None) -> tuple[s
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # No matplotlib.use("Agg") here: it would switch a Jupyter session away from its inline backend;
+    # matplotlib falls back to Agg by itself on a machine without a display.
     import matplotlib.pyplot as plt
 
     return plt

@@ -99,6 +99,12 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
                           "options (or only --resume --out DIR), or train into a new --out directory.")
 
 
+def write_split(run_dir: Path, splits) -> None:
+    """``split.csv``: which image is in which split (read by analyze)."""
+    aio.write_text(run_dir / "split.csv", _csv(["image", "split"], [(n, s) for s in ("train", "val", "test")
+                                                                    for n in splits[s].names]))
+
+
 def _write_status(run_dir: Path, state: str, **extra) -> None:
     aio.write_json(run_dir / "status.json", {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
 
@@ -183,8 +189,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
         aio.write_json(run_dir / "config.json", cfg.to_dict())
-        aio.write_text(run_dir / "split.csv", _csv(["image", "split"], [(n, s) for s in ("train", "val", "test")
-                                                                        for n in splits[s].names]))
+        write_split(run_dir, splits)
         _write_status(run_dir, "running", policy=policy)
     if verbose:
         print(f"Run directory: {run_dir}" + ("" if chief else " (this worker writes nothing)"))
@@ -305,12 +310,20 @@ def evaluate_run(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, spl
     return RunResult(run_dir, metrics, md, histories or {})
 
 
+def register_custom_layers() -> None:
+    """Import every module that registers Keras layers a saved model may hold (the backbones'
+    preprocessing; the branched networks' blocks of ``nas.blocks``), so that ``load_model`` finds them."""
+    import importlib
+
+    for name in ("icao_mtl.backbones", "nas.blocks", "nas.supergraph"):
+        importlib.import_module(name)
+
+
 def load_models(run_dir: str | os.PathLike) -> dict:
     """The models of a run: {"model": model} or, for STL, {task: model}. Loaded with ``safe_mode=True``."""
     import keras
 
-    from . import backbones  # noqa: F401  (registers the custom layers)
-
+    register_custom_layers()
     run_dir = Path(run_dir)
     single = run_dir / "model.keras"
     if single.is_file():
