@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+from .blocks import takes_training
+
 
 @keras.saving.register_keras_serializable(package="icao_mtl")
 class MixedOp(keras.layers.Layer):
@@ -41,7 +43,7 @@ class MixedOp(keras.layers.Layer):
         mixture = keras.ops.cast(mixture, self.compute_dtype)
         out = None
         for i, op in enumerate(self.ops):
-            y = op(inputs, training=training) if _takes_training(op) else op(inputs)
+            y = op(inputs, training=training) if takes_training(op) else op(inputs)
             y = mixture[i] * y
             out = y if out is None else out + y
         return out
@@ -51,7 +53,3 @@ class MixedOp(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "layer": self.layer_spec, "copies": self.copies}
-
-
-def _takes_training(layer) -> bool:
-    return isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Dropout, keras.Sequential))
