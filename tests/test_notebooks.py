@@ -49,3 +49,13 @@ def test_gradcam_error_analysis(tmp_path, monkeypatch):
     assert "| Requisite | region | images |" in text and "requisite" in text and "threshold" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     assert (tmp_path / "runs" / "notebook_03" / "analysis" / "region_mass.csv").is_file()
+
+
+def test_branching_search(tmp_path, monkeypatch):
+    nb = run_notebook("04_branching_search.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "| Shared | 1 1 1 1 |" in text and "| Single | 4 4 4 4 |" in text and "copies per layer:" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # tree, trace, Pareto plot
+    assert (tmp_path / "runs" / "notebook_04" / "pareto.png").is_file()
