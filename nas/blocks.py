@@ -31,7 +31,9 @@ import numpy as np
 
 from icao_mtl.errors import ConfigError
 
-_BN = dict(momentum=0.999, epsilon=1e-3)  # keras.applications' MobileNetV2 values
+_MBV2_BN = dict(momentum=0.999, epsilon=1e-3)  # keras.applications' MobileNetV2 values
+# The other blocks keep Keras' BN momentum, 0.99, as the small CNN does: short runs need the faster moving
+# averages (after 1,000 steps a momentum of 0.999 still holds a third of the initial statistics).
 
 
 def _activation(name: str):
@@ -53,19 +55,21 @@ class ConvBlock(keras.layers.Layer):
         affine: whether that BN has a scale and an offset (False in the supergraph).
         pool: append 2x2 max pooling (stride 2).
         use_bias: of the convolution (VGG: yes; with a BN: no).
+        bn_momentum: of the BN's moving averages (Keras' 0.99; MobileNetV2's 0.999).
     """
 
     def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, activation: str = "relu",
                  batchnorm: bool = True, affine: bool = True, pool: bool = False, use_bias: bool | None = None,
-                 **kwargs):
+                 bn_momentum: float = 0.99, **kwargs):
         super().__init__(**kwargs)
+        self.bn_momentum = float(bn_momentum)
         self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
         self.activation_name, self.batchnorm, self.affine, self.pool = activation, bool(batchnorm), bool(affine), bool(pool)
         self.use_bias = (not self.batchnorm) if use_bias is None else bool(use_bias)
         self.conv = keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides, padding="same",
                                         use_bias=self.use_bias, name="conv")
-        self.bn = keras.layers.BatchNormalization(center=self.affine, scale=self.affine, name="bn", **_BN) \
-            if self.batchnorm else None
+        self.bn = keras.layers.BatchNormalization(center=self.affine, scale=self.affine, name="bn",
+                                                  momentum=self.bn_momentum, epsilon=1e-3) if self.batchnorm else None
         self.act = _activation(activation)
         self.pooling = keras.layers.MaxPooling2D(2, name="pool") if self.pool else None
 
@@ -89,7 +93,7 @@ class ConvBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "activation": self.activation_name, "batchnorm": self.batchnorm,
-                "affine": self.affine, "pool": self.pool, "use_bias": self.use_bias}
+                "affine": self.affine, "pool": self.pool, "use_bias": self.use_bias, "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package="icao_mtl")
@@ -112,17 +116,17 @@ class InvertedResidual(keras.layers.Layer):
         hidden = self.in_channels * self.expansion
         if self.expansion != 1:
             self.expand = keras.layers.Conv2D(hidden, 1, use_bias=False, name="expand")
-            self.expand_bn = keras.layers.BatchNormalization(name="expand_BN", **_BN)
+            self.expand_bn = keras.layers.BatchNormalization(name="expand_BN", **_MBV2_BN)
             self.expand_act = _activation("relu6")
         else:
             self.expand = self.expand_bn = self.expand_act = None
         self.depthwise = keras.layers.DepthwiseConv2D(3, strides=self.strides, padding="same", use_bias=False,
                                                       name="depthwise")
-        self.depthwise_bn = keras.layers.BatchNormalization(name="depthwise_BN", **_BN)
+        self.depthwise_bn = keras.layers.BatchNormalization(name="depthwise_BN", **_MBV2_BN)
         self.depthwise_act = _activation("relu6")
         self.project = keras.layers.Conv2D(self.filters, 1, use_bias=False, name="project")
         self.project_bn = keras.layers.BatchNormalization(center=self.affine, scale=self.affine, name="project_BN",
-                                                          **_BN)
+                                                          **_MBV2_BN)
         self.residual = self.strides == 1 and self.in_channels == self.filters
 
     def build(self, input_shape):
@@ -224,9 +228,9 @@ def layout(backbone: str, granularity: str = "fine") -> Layout:
     if granularity not in ("fine", "coarse"):
         raise ConfigError(f"Unknown granularity {granularity!r}. Fix: --granularity fine or coarse.")
     if backbone == "mobilenet_v2":
-        stem = (LayerSpec("stem", lambda affine, name: ConvBlock(32, 3, 2, "relu6", affine=True, name=name),
+        stem = (LayerSpec("stem", lambda affine, name: ConvBlock(32, 3, 2, "relu6", affine=True, bn_momentum=0.999, name=name),
                           ("Conv1",)),)
-        conv1 = LayerSpec("Conv_1", lambda affine, name: ConvBlock(1280, 1, 1, "relu6", affine=affine, name=name),
+        conv1 = LayerSpec("Conv_1", lambda affine, name: ConvBlock(1280, 1, 1, "relu6", affine=affine, bn_momentum=0.999, name=name),
                           ("Conv_1",))
         if granularity == "fine":
             layers = [LayerSpec(f"block_{b}", lambda affine, name, b=b: _mbv2_block(b, affine, name),

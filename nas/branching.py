@@ -122,6 +122,17 @@ class Supergraph(keras.Model):
             x = op(x, mixtures[l], training=training)
         return self.pool(x)
 
+    def forward_route(self, images, unit: int, route, training=None) -> dict:
+        """Like :meth:`forward_unit` with one-hot mixtures of the copies ``route`` (L Python ints), computing
+        only those copies (K times cheaper; the warm-up's shortcut)."""
+        x = self.preprocess(images)
+        for layer in self.stem:
+            x = layer(x, training=training) if takes_training(layer) else layer(x)
+        for op, index in zip(self.mixed, route):
+            x = op.single(x, index, training=training)
+        f = self.pool(x)
+        return {t: self._head_of[t](f) for t in self.units[unit]}
+
     def forward_unit(self, images, unit: int, mixtures, training=None) -> dict:
         """{task: (batch, 2) probabilities} for the tasks of ``unit`` along ``mixtures`` (L, K)."""
         f = self.features(images, mixtures, training=training)
@@ -234,11 +245,15 @@ def search_phases(model: Supergraph, *, epochs: int, warmup: int, lam: float, co
     def l2(variables, wd):
         return 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]) if wd else 0.0
 
-    def unit_loss(u, mixtures):
+    def unit_loss(u, mixtures=None):
+        """Unit u's weight step: along Gumbel ``mixtures``, or (None) the warm-up's copy u only."""
         loss_fn, index = per_unit[u]
 
         def fn(m, x, y, training):
-            outputs = m.forward_unit(x, u, mixtures(u), training=True)
+            if mixtures is None:
+                outputs = m.forward_route(x, u, [u % m.copies] * m.n_layers, training=True)
+            else:
+                outputs = m.forward_unit(x, u, mixtures(u), training=True)
             loss, logs = loss_fn({t: y[t] for t in m.units[u]}, outputs)
             return loss + l2(m.weight_variables(), weight_decay), _scatter_logs(logs, index, n_tasks)
 
@@ -267,7 +282,7 @@ def search_phases(model: Supergraph, *, epochs: int, warmup: int, lam: float, co
     phases = []
     if warmup:
         phases.append(Phase("warmup", warmup, passes=[Pass("weights", ("weights",), losses=[
-            unit_loss(u, lambda u: model.warmup_mixture(u)) for u in range(model.n_units)])],
+            unit_loss(u) for u in range(model.n_units)])],
             validate=False, select_best=False))
     if epochs > warmup:
         search_loss = [unit_loss(u, lambda u: tf.stop_gradient(model.sample(u))) for u in range(model.n_units)]
@@ -688,7 +703,8 @@ def run(cfg: BranchingConfig, *, resume: bool = False) -> BranchingResult:
         raise ConfigError(f"The exact resource loss ({kind}) is infeasible for {n_units} routing units. Fix: --units "
                           "groups, or --cost pairwise (the surrogate).")
     out.mkdir(parents=True, exist_ok=True)
-    aio.write_json(record, cfg.identity())
+    aio.write_json(record, {**cfg.identity(), "requested": {k: getattr(cfg, k) for k in (
+        "lambdas", "baselines", "retrain_epochs", "retrain_lr", "lr_division")}})
     spec = layout(cfg.backbone, cfg.granularity)
     lut_path = out / "lut.json"
     if lut_path.is_file():
@@ -817,9 +833,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _given(argv) -> set:
+    """The destinations of the options written on the command line (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    record = Path(args.out) / "branching.json" if args.out else None
+    if args.resume and record is not None and record.is_file():
+        # --resume --out DIR continues with the run's own options; options given again must match them
+        given = _given(argv if argv is not None else sys.argv[1:])
+        old = aio.read_json(record)
+        requested = old.pop("requested", {})
+        if "lr_division" in requested:
+            requested["no_lr_division"] = not requested.pop("lr_division")
+        for key, value in {**old, **requested}.items():
+            if key not in given and hasattr(args, key):
+                setattr(args, key, value)
     cfg = BranchingConfig(
         data=args.data, mapping=args.mapping, synth_n=args.synth_n, synth_size=args.synth_size,
         backbone=args.backbone, granularity=args.granularity, weights=args.weights, img_size=args.img_size,

@@ -48,6 +48,12 @@ class MixedOp(keras.layers.Layer):
             out = y if out is None else out + y
         return out
 
+    def single(self, inputs, index: int, training=None):
+        """Copy ``index`` alone: the forward of a one-hot mixture without the K - 1 zero-weighted copies
+        (the warm-up's shortcut; the other copies then get no gradient, which the engine makes zero)."""
+        op = self.ops[int(index)]
+        return op(inputs, training=training) if takes_training(op) else op(inputs)
+
     def compute_output_shape(self, input_shape):
         return self.ops[0].compute_output_shape(input_shape)
 

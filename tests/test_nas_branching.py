@@ -113,6 +113,12 @@ def test_supergraph_with_one_hot_routes_equals_the_built_branched_network(backbo
     got = branched(x, training=False)
     for t in tasks:
         np.testing.assert_allclose(got[t].numpy(), want[t].numpy(), atol=1e-5)
+    # the warm-up's shortcut (only copy u computed) equals the one-hot mixture e_u over all copies
+    for u in range(3):
+        fast = sg.forward_route(x, u, [u] * len(spec.layers), training=False)
+        full = sg.forward_unit(x, u, sg.warmup_mixture(u), training=False)
+        for t in units[u]:
+            np.testing.assert_allclose(fast[t].numpy(), full[t].numpy(), atol=1e-6)
     # and the supergraph's own call routes along argmax(alpha)
     sg.alpha.assign(np.eye(3)[config].astype("float32") * 3.0)
     got_call = sg(x, training=False)
@@ -218,3 +224,23 @@ def test_large_lambda_collapses_to_full_sharing(synth_small, tmp_path):
     trace = json.loads((tmp_path / "b" / "lambda_1000" / "trace.json").read_text())
     assert info["copies"] == [1, 1, 1, 1]
     assert trace[-1]["expected_cost"] < 1.05
+
+
+def test_resume_continues_with_the_recorded_options(tmp_path, monkeypatch):
+    """``--resume --out DIR`` alone continues a run with its own options (lambdas and baselines
+    included); options written again override the requested ones and must match the search's."""
+    import nas.branching as B
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = BranchingConfig(epochs=7, lambdas=[0.0, 2.0], baselines=True, retrain_epochs=3, lr_division=False)
+    (out / "branching.json").write_text(json.dumps({**cfg.identity(), "requested": {
+        "lambdas": [0.0, 2.0], "baselines": True, "retrain_epochs": 3, "retrain_lr": 2e-3, "lr_division": False}}))
+    seen = []
+    monkeypatch.setattr(B, "run", lambda c, resume: seen.append((c, resume)))
+    assert main(["--resume", "--out", str(out)]) == 0
+    c, resume = seen[-1]
+    assert resume and c.epochs == 7 and c.lambdas == [0.0, 2.0] and c.baselines and c.retrain_epochs == 3
+    assert c.lr_division is False
+    assert main(["--resume", "--out", str(out), "--lambda", "5"]) == 0
+    assert seen[-1][0].lambdas == [5.0] and seen[-1][0].epochs == 7
