@@ -3,7 +3,8 @@
 1. Training step time on the engine (batch 32, small CNN at 128 px, the 23 requisites in the four
    requisite groups): one batch of the Shared network (all tasks, one forward) against one batch of
    the supergraph's warm-up (4 unit steps, one-hot routes), of its weight pass and of its architecture
-   pass (4 unit forwards with Gumbel mixtures over K copies), for K = 4 (the method: K = units) and 2.
+   pass (4 unit forwards with Gumbel mixtures over K copies; a search epoch = the architecture pass over
+   a quarter as many batches + the weight pass), for K = 4 (the method: K = units) and 2.
 2. The search's wall time on the default dataset, read from a finished ``python -m nas.branching`` run
    (``--search-run DIR``; its per-epoch seconds are in each ``lambda_*/trace.json``).
 3. Inference cost of the retrained branched networks against Shared and Single (one trunk per unit):
@@ -71,10 +72,7 @@ def step_times() -> dict:
         hist = engine.fit(phases, {"weights": data, "arch": arch})
         warm = hist[1]["seconds"] / BATCHES
         search = min(h["seconds"] for h in hist[3:])  # arch pass (BATCHES/4 batches) + weight pass (BATCHES)
-        # the weight pass of a search epoch costs what a warm-up epoch costs (same forwards); the rest is
-        # the architecture pass
         out[f"supergraph_K{k}"] = {"warmup_batch_s": warm, "search_epoch_s": search,
-                                   "arch_batch_s": (search - warm * BATCHES) / (BATCHES // 4),
                                    "search_epoch_per_weight_batch_s": search / BATCHES,
                                    "vs_shared_per_weight_batch": search / BATCHES / out["shared_network_batch_s"]}
     return out
