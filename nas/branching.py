@@ -113,11 +113,15 @@ class Supergraph(keras.Model):
         """Every trainable variable but ``alpha`` (the operation weights)."""
         return [v for v in self.trainable_variables if v.path != self.alpha.path]
 
-    def features(self, images, mixtures, training=None):
-        """Pooled features (batch, channels) of one route; ``mixtures`` (L, K)."""
+    def _stem(self, images, training=None):
         x = self.preprocess(images)
         for layer in self.stem:
             x = layer(x, training=training) if takes_training(layer) else layer(x)
+        return x
+
+    def features(self, images, mixtures, training=None):
+        """Pooled features (batch, channels) of one route; ``mixtures`` (L, K)."""
+        x = self._stem(images, training=training)
         for l, op in enumerate(self.mixed):
             x = op(x, mixtures[l], training=training)
         return self.pool(x)
@@ -125,9 +129,7 @@ class Supergraph(keras.Model):
     def forward_route(self, images, unit: int, route, training=None) -> dict:
         """Like :meth:`forward_unit` with one-hot mixtures of the copies ``route`` (L Python ints), computing
         only those copies (K times cheaper; the warm-up's shortcut)."""
-        x = self.preprocess(images)
-        for layer in self.stem:
-            x = layer(x, training=training) if takes_training(layer) else layer(x)
+        x = self._stem(images, training=training)
         for op, index in zip(self.mixed, route):
             x = op.single(x, index, training=training)
         f = self.pool(x)
@@ -152,12 +154,6 @@ class Supergraph(keras.Model):
         import tensorflow as tf
 
         return self.forward_config(images, tf.argmax(self.alpha, axis=-1, output_type=tf.int32), training=training)
-
-    def warmup_mixture(self, unit: int):
-        """The fixed one-hot rows ``e_(unit mod K)`` of the warm-up, (L, K)."""
-        import tensorflow as tf
-
-        return tf.one_hot(tf.fill([self.n_layers], unit % self.copies), self.copies)
 
     def sample(self, unit: int):
         """A Gumbel-softmax mixture (L, K) for ``unit`` at the current temperature; one noise draw per
@@ -203,8 +199,7 @@ def make_units(tasks, groups: dict, mode: str) -> tuple[list, list]:
 def resource_cost(kind: str, n_units: int, copies: int, layer_costs):
     """The function alpha -> expected cost used by the search (costs normalised by the caller)."""
     if kind in ("chain", "meet"):
-        loss = ResourceLoss(n_units, copies, layer_costs, semantics=kind)
-        return loss
+        return ResourceLoss(n_units, copies, layer_costs, semantics=kind)
     return lambda alpha: pairwise_sharing_cost(alpha, layer_costs)
 
 
@@ -336,6 +331,8 @@ def plot_trace(entries: list, unit_names, path) -> None:
     final argmax copy per layer and unit."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. Jupyter's) is left alone
 
+    from icao_mtl.reports import _save
+
     epochs = [e["epoch"] for e in entries]
     fig = Figure(figsize=(15, 4))
     axes = fig.subplots(1, 3)
@@ -355,8 +352,7 @@ def plot_trace(entries: list, unit_names, path) -> None:
     axes[2].set(xlabel="layer", title="probability of the chosen copy (last epoch)")
     axes[2].set_yticks(range(len(unit_names)), unit_names)
     fig.tight_layout()
-    with aio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +370,11 @@ def structure(config, layer_names, unit_names, units, lut: dict) -> dict:
     return {"config": np.asarray(config).tolist(), "layers": list(layer_names), "unit_names": list(unit_names),
             "units": [list(u) for u in units], "groups": [[list(p) for p in g] for g in groups], "copies": copies,
             "madds": madds}
+
+
+def branch_name(layer: str, group, unit_names) -> str:
+    """Name of the copy of searchable layer ``layer`` shared by the units of ``group``."""
+    return f"{layer}__{'_'.join(unit_names[u] for u in group)}"
 
 
 def build_branched(spec: Layout, tasks, units, config, *, image_size: int, weights: str = "none",
@@ -409,7 +410,7 @@ def build_branched(spec: Layout, tasks, units, config, *, image_size: int, weigh
         new = {}
         for g in groups:
             parent = next(p for p in branches if set(g) <= set(p))
-            layer = s.make(True, f"{s.name}__{'_'.join(unit_names[u] for u in g)}")
+            layer = s.make(True, branch_name(s.name, g, unit_names))
             new[g] = layer(branches[parent])
             sharing[layer.name] = len(g)
             if app is not None:
@@ -438,7 +439,7 @@ def transplant(supergraph: Supergraph, branched: keras.Model, config, unit_names
         copy_layer_weights(branched.get_layer(f"stem_{i}"), layer)
     for l, (s, groups) in enumerate(zip(supergraph.spec.layers, branch_groups(config))):
         for g in groups:
-            dst = branched.get_layer(f"{s.name}__{'_'.join(unit_names[u] for u in g)}")
+            dst = branched.get_layer(branch_name(s.name, g, unit_names))
             copy_layer_weights(dst, supergraph.mixed[l].ops[int(config[l, g[0]])])
     for t, head in zip(supergraph.tasks, supergraph.heads):
         for dst, src in zip(branched.get_layer(t).weights, head.weights):
@@ -611,6 +612,8 @@ def plot_tree(info: dict, path, title: str = "") -> None:
     units written at the leaves."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. Jupyter's) is left alone
 
+    from icao_mtl.reports import _save
+
     groups = [[tuple(p) for p in g] for g in info["groups"]]
     names = info["unit_names"]
     n_units = len(names)
@@ -640,13 +643,14 @@ def plot_tree(info: dict, path, title: str = "") -> None:
     madds = info.get("madds", {}).get("total")
     ax.set_title(title + (f"  ({madds / 1e6:.1f} M MAdds)" if madds else ""))
     fig.tight_layout()
-    with aio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, path)
 
 
 def plot_pareto(rows: list[dict], path) -> None:
     """Test mean EER against MAdds for every searched and baseline network (the paper's Figure 2)."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. Jupyter's) is left alone
+
+    from icao_mtl.reports import _save
 
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
@@ -661,8 +665,7 @@ def plot_pareto(rows: list[dict], path) -> None:
     ax.set(xlabel="MAdds (M)", ylabel="test mean EER (%)", title="BMTAS: error against cost")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with aio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    _save(fig, path)
 
 
 @dataclass
