@@ -22,6 +22,11 @@ class NonFiniteLossError(IcaoMtlError, FloatingPointError):
     """The training loss became NaN or infinite. The last good checkpoint is kept."""
 
 
+class CollapsedModelError(IcaoMtlError):
+    """The model says the same thing for every image (constant validation scores) and no earlier epoch
+    gave a usable model: the run's result would be a table of 50% EERs. The checkpoints are kept."""
+
+
 def command(main):
     """Decorate a command's ``main(argv) -> int``: this package's errors are printed as one line on
     stderr (``error: ...``, with its fix) and give exit code 2, not a traceback."""

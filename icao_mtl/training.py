@@ -1,30 +1,63 @@
 """The training engine: one loop for every model of the package (STL, Handcrafted, NAS children and
-the architecture-search variants).
+the architecture-search methods).
 
-A method gives the engine its model, its loss terms, its **variable groups** (each with its own
-optimiser) and a schedule of **phases**. A phase runs for some epochs; each epoch is a sequence of
-**passes**; a pass walks one named data stream and, per batch, computes one or more losses and
-updates some variable groups from their gradients. With that:
+A method gives the engine its model, its **variable groups** (each with its own optimiser), its loss
+functions and a schedule of **phases**. Nothing else loops over epochs or batches.
 
-- plain training is one phase of one pass ("train" data, the "model" group);
-- the paper's Experiment III is a phase with the backbone unfrozen, then one with it frozen
-  (:func:`finetune_phases`);
-- a differentiable search alternates an architecture pass (20% of the training data, the
-  architecture variables) with a weight pass (80%, the network weights), with hooks that reset
-  optimiser state or batch-norm statistics around them and per-step schedules such as a Gumbel
-  temperature (:class:`Schedule`).
+- A :class:`Phase` runs for some epochs (warm-up, search, fine-tune, train, ...). Its ``setup`` runs
+  when it begins (freeze a backbone, rewind to a snapshot, set masks); its ``on_end`` when it ends
+  (take a snapshot). It may stop early on its own patience.
+- Each epoch of a phase is a sequence of :class:`Pass` es. A pass interleaves one or more
+  :class:`Step` kinds batch by batch, ``A, B, A, B, ...``: e.g. one weight step on stream "w" then
+  one architecture step on stream "a". It ends when a stream that restarts with every pass is
+  exhausted, or after ``max_steps`` rounds; streams marked ``continuing`` go on across passes and
+  epochs, restarting with a new shuffle only when they run out.
+- A step takes one batch of its stream and runs its loss functions in order; each makes its own
+  forward, backward and update. A loss function returns one loss (that updates all the step's
+  groups) or ``{group: loss}`` (each group updated from its own loss, from one forward). Every
+  scalar it returns in its logs (a reward, an entropy, an expected cost, a temperature) is averaged
+  over the epoch and reaches the progress bar, ``history`` and TensorBoard.
+- Loss functions see a :class:`StepContext`: the training flag, the phase, the global step, the
+  epoch, the step within the phase and the phase's total, and a per-step seed for stateless
+  sampling (a Gumbel draw, a Bernoulli mask, an epsilon-greedy choice).
 
-The engine gives every method the same ``tf.function`` steps, mixed precision, ``tf.distribute``
+The engine owns, for every method: one traced function per step kind and phase (the dataset iterator
+goes into the graph, as in ``keras.Model.fit``), mixed precision, ``tf.distribute``
 (MirroredStrategy; MultiWorkerMirroredStrategy through ``TF_CONFIG``), progress bars, TensorBoard
-logs, Keras callbacks (``EarlyStopping`` and friends work unchanged), a checkpoint every epoch with
-exact resume, model selection on a validation metric, and a stop with a clear error on a NaN loss
-(keeping the last good checkpoint). Methods never write their own loop of epochs and batches.
+scalars, Keras callbacks, a checkpoint after every epoch with exact resume, model selection on a
+validation metric, early stopping, and a stop with a clear error on a NaN loss or a collapsed model.
+
+**Exact resume.** A checkpoint (``run_dir/checkpoints/last.npz``, written atomically after every
+epoch) holds every variable of the model (seed-generator states included, so dropout continues its
+random stream), every optimiser's slots, the registered stateful parts (:meth:`Engine.register`: a
+policy network, a reward baseline, a NumPy or TensorFlow random generator, any object with
+``get_state`` / ``set_state``), the named snapshots (:meth:`Engine.snapshot`), the positions of the
+continuing streams, the history, the best epoch and the early-stopping counter. Data sources are
+functions of an epoch index (:class:`~icao_mtl.data.ImagePipeline` shuffles and augments from
+``(seed, epoch)``), so a run killed at any point and resumed computes what the uninterrupted run
+computes. A kill in the middle of an epoch redoes that epoch from its start.
+
+**Non-finite steps.** A step whose loss or gradients are NaN or infinite makes no update at all (no
+optimiser slot moves, ``iterations`` does not advance), every later step of the run is skipped, and
+:class:`~icao_mtl.errors.NonFiniteLossError` names the step; the last good checkpoint stays on disk.
 
 Example::
 
-    engine = Engine(model, tasks, optimizer=adam_factory, run_dir="runs/x")
+    engine = Engine(model, tasks, optimizer=optimizer_factory("adam", 1e-3), run_dir="runs/x")
     history = engine.fit([Phase("train", epochs=10)], data={"train": train_pipeline}, validation=val_pipeline)
     scores = engine.predict(test_pipeline)        # {task: P(compliant), shape (n,)}
+
+A search with its own optimiser for the architecture variables, one weight step then one
+architecture step per round on the two halves of a split redrawn every epoch::
+
+    halves = SplitView(train_pipeline, fraction=0.5, seed=0)
+    groups = {"weights": VariableGroup("weights", adam, lambda m: m.weight_variables()),
+              "arch": VariableGroup("arch", adam, lambda m: m.arch_variables())}
+    search = Phase("search", 20, passes=[Pass(steps=[Step("w", ("weights",), [weight_loss]),
+                                                      Step("a", ("arch",), [arch_loss])])])
+    engine = Engine(model, tasks, groups=groups, run_dir="runs/s", monitor="loss")
+    engine.fit([Phase("warmup", 5, on_end=lambda e: e.snapshot("warmup")), search],
+               {"w": halves.part(0), "a": halves.part(1)})
 """
 
 from __future__ import annotations
@@ -35,19 +68,30 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from . import io as aio
-from .errors import ConfigError, NonFiniteLossError, ResumeError
+from .errors import CollapsedModelError, ConfigError, NonFiniteLossError, ResumeError
 from .losses import MaskedMultiTaskLoss
 
 MONITORS = {"val_accuracy": "max", "val_loss": "min", "val_eer": "min", "loss": "min", "accuracy": "max"}
+
+#: Version of the checkpoint layout; a checkpoint of another version is refused with a clear error.
+CHECKPOINT_FORMAT = 2
+
+#: Log names that are sums over replicas (the loss is normalised by the global batch); every other
+#: scalar a loss returns is a per-replica statistic and is averaged over replicas.
+_SUMMED_LOGS = ("loss", "ce", "n", "correct", "nonfinite")
+
+#: Validation scores whose range (max - min) is below this on every task: the model says the same
+#: thing for every image.
+COLLAPSE_RANGE = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,10 +102,14 @@ class VariableGroup:
     """Variables updated together by one optimiser.
 
     Attributes:
-        name: group name, referred to by passes.
+        name: group name, referred to by steps.
         optimizer: a factory returning a fresh optimiser; called at the start of every phase that
-            updates the group (a phase may change which variables are trainable).
-        variables: function of the model returning the variables (default: all trainable ones).
+            updates the group (a phase may change which variables are trainable). A learning-rate
+            schedule continues over the run: a phase's new optimiser starts the schedule where the
+            group's previous phase left it (unless the phase says ``restart_schedules``).
+        variables: function of the model returning the variables (default: all trainable ones). It
+            may return variables that are not the model's (a policy network's, registered with
+            :meth:`Engine.register` so that they are checkpointed).
     """
 
     name: str
@@ -72,19 +120,79 @@ class VariableGroup:
         return list(self.variables(model) if self.variables else model.trainable_variables)
 
 
+class StepContext(NamedTuple):
+    """What a loss function knows about the step it is part of (tensors are int64 scalars).
+
+    Attributes:
+        training: the ``training`` flag of the step (batch-norm and dropout behaviour).
+        phase: the phase's name.
+        step: global step: optimisation steps of the run before this one (all kinds).
+        epoch: global epoch (0-based) of the running epoch.
+        phase_epoch: epoch within the phase (0-based).
+        phase_step: steps of this phase before this one.
+        phase_steps: the steps the whole phase makes (-1 when a stream does not know its length);
+            ``phase_step / phase_steps`` is the progress of an annealing schedule.
+        seed: int32 (2,) stateless seed unique to this step (``tf.random.stateless_*``).
+    """
+
+    training: bool
+    phase: str
+    step: Any
+    epoch: Any
+    phase_epoch: Any
+    phase_step: Any
+    phase_steps: Any
+    seed: Any
+
+    def seed_for(self, index: int):
+        """Another stateless seed of this step, for the ``index``-th independent draw."""
+        return tf.random.experimental.stateless_fold_in(self.seed, index)
+
+
 @dataclass
-class Pass:
-    """One walk over a data stream within an epoch.
+class Step:
+    """One kind of optimisation step: a batch of a data stream, then its loss functions in order.
 
     Attributes:
         data: name of the data stream (a key of ``fit(data=...)``).
-        groups: variable groups updated from the gradient of each loss.
-        losses: loss functions ``fn(model, x, y, training) -> (loss, logs)``; each makes its own
-            forward, backward and update, in order, for every batch (e.g. one per task, as BMTAS's
-            weight phase). Default: the engine's masked multi-task loss.
-        training: the ``training`` flag of the forward pass (batch-norm and dropout behaviour).
+        groups: variable groups updated by the step's losses.
+        losses: loss functions ``fn(model, x, y, ctx) -> (loss, logs)`` (``ctx``: a
+            :class:`StepContext`). ``loss`` is a scalar (it updates every group of ``groups``) or a dict
+            ``{group: scalar}`` (each group from its own loss, all from the one forward; ``logs["loss"]``,
+            if given, is what is logged as the loss, else the first group's). ``logs`` may hold the
+            per-task vectors ``ce``, ``n``, ``correct`` (for the accuracy) and any scalars. Each function
+            makes its own forward, backward and update, in order (e.g. one per task, as BMTAS's weight
+            step). Default: the engine's masked multi-task loss.
+        training: the ``training`` flag of the forward pass.
+        name: prefix of this step's logs (default: ``data``); the first step of a phase's first pass
+            logs without prefix ("loss", "accuracy").
+        continuing: the stream goes on across passes and epochs (restarting, reshuffled, only when it
+            runs out) instead of restarting with every pass; a pass does not end because of it.
+    """
+
+    data: str = "train"
+    groups: tuple = ("model",)
+    losses: Sequence[Callable] | None = None
+    training: bool = True
+    name: str | None = None
+    continuing: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name or self.data
+
+
+@dataclass
+class Pass:
+    """A stretch of an epoch: its steps interleaved batch by batch (``A, B, A, B, ...``).
+
+    Either ``steps`` or, for the common case of one step kind, the shorthand fields ``data``,
+    ``groups``, ``losses``, ``training`` (those of a :class:`Step`).
+
+    Attributes:
         on_begin, on_end: hooks ``fn(engine)`` before and after the pass (e.g. reset an optimiser).
-        max_steps: stop the pass after this many batches (default: the whole stream).
+        max_steps: stop after this many rounds (default: when a non-continuing stream ends; needed
+            when every stream is continuing).
     """
 
     data: str = "train"
@@ -94,6 +202,12 @@ class Pass:
     on_begin: Callable | None = None
     on_end: Callable | None = None
     max_steps: int | None = None
+    steps: Sequence[Step] = ()
+
+    def __post_init__(self):
+        if not self.steps:
+            self.steps = (Step(self.data, tuple(self.groups), self.losses, self.training),)
+        self.steps = tuple(self.steps)
 
 
 @dataclass
@@ -101,7 +215,8 @@ class Schedule:
     """A value assigned to a variable before every step (``per_step``) or every epoch.
 
     ``fn(epoch, step)`` gets the epoch within the phase (0-based) and the step within the epoch's
-    pass (0 at the epoch start), e.g. a Gumbel-softmax temperature annealed linearly."""
+    pass (0 at the epoch start), e.g. a Gumbel-softmax temperature annealed linearly. (A loss
+    function can also compute such a value in the graph from its :class:`StepContext`.)"""
 
     variable: tf.Variable
     fn: Callable[[int, int], float]
@@ -116,20 +231,31 @@ class Phase:
         name: e.g. "warmup", "search", "finetune", "train".
         epochs: number of epochs.
         passes: the passes of each epoch, in order.
-        setup: ``fn(engine)`` run when the phase starts, and again when a run resumes inside it
-            (e.g. freeze or unfreeze the backbone).
+        setup: ``fn(engine)`` run when the phase begins (freeze or unfreeze the backbone, rewind to a
+            snapshot, set masks). When a run resumes inside the phase it runs again, then the
+            checkpoint's values are restored over its changes (its structural effects, such as
+            trainable flags, stay); when a run resumes at the phase's start it runs after the restore,
+            as in an uninterrupted run.
+        on_end: ``fn(engine)`` run after the phase's last epoch (or its early stop), before the
+            checkpoint of that epoch is written (e.g. :meth:`Engine.snapshot`).
         schedules: variables set from the epoch and step.
         validate: evaluate on the validation data at the end of each epoch.
-        select_best: whether this phase's epochs compete for the best model.
+        select_best: this phase's epochs compete for the best model and count for its patience.
+        patience: stop the phase after this many epochs in a row without improvement of the
+            monitored value (default: the engine's ``patience``); the next phase then begins.
+        restart_schedules: the groups' learning-rate schedules start again at this phase's start.
     """
 
     name: str
     epochs: int
     passes: Sequence[Pass] = (Pass(),)
     setup: Callable | None = None
+    on_end: Callable | None = None
     schedules: Sequence[Schedule] = ()
     validate: bool = True
     select_best: bool = True
+    patience: int | None = None
+    restart_schedules: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,11 +309,14 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, *, schedule: str = "
     """A factory of fresh optimisers.
 
     Args:
-        name: "adam", "adamax", "adamw", "sgd", "sgd_nesterov", "rmsprop", "adagrad" or "adadelta".
+        name: "adam", "adamax", "adamw", "sgd", "sgd_nesterov" (SGD with Nesterov momentum, 0.9 unless
+            ``momentum`` is given), "rmsprop", "adagrad" or "adadelta".
         lr: initial learning rate.
         schedule: "constant"; "reference" (the paper code's Adam ``decay=lr/epochs``, which Keras 2
             applied per iteration as ``lr / (1 + decay * t)`` and Keras 3 silently ignores: here an
-            ``InverseTimeDecay``); or "cosine" (cosine decay to 0 over ``epochs * steps_per_epoch``).
+            ``InverseTimeDecay``); or "cosine" (cosine decay to 0 over ``epochs * steps_per_epoch``
+            steps of the run; the engine continues it across phases).
+        **kwargs: passed to the optimiser (e.g. ``weight_decay``, ``clipnorm``, ``epsilon``).
     """
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"The learning rate must be positive. Received: lr={lr!r}. Fix: e.g. --lr 1e-3.")
@@ -198,6 +327,13 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, *, schedule: str = "
                "adadelta": keras.optimizers.Adadelta}
     if name not in classes and name != "sgd_nesterov":
         raise ConfigError(f"Unknown optimizer {name!r}. Fix: choose one of {', '.join([*classes, 'sgd_nesterov'])}.")
+    if name == "sgd_nesterov":
+        kwargs = {"momentum": 0.9, **kwargs, "nesterov": True}
+    cls = keras.optimizers.SGD if name == "sgd_nesterov" else classes[name]
+    try:  # a keyword the optimiser does not take fails here, not in the first epoch
+        cls(lr, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Optimizer {name!r} does not accept {sorted(kwargs)}: {exc}") from exc
 
     def make():
         if schedule == "reference":
@@ -206,9 +342,7 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, *, schedule: str = "
             rate = keras.optimizers.schedules.CosineDecay(lr, max(1, epochs * steps_per_epoch))
         else:
             rate = lr
-        if name == "sgd_nesterov":
-            return keras.optimizers.SGD(rate, momentum=kwargs.get("momentum", 0.9), nesterov=True)
-        return classes[name](rate, **kwargs)
+        return cls(rate, **kwargs)
 
     return make
 
@@ -231,16 +365,109 @@ def reset_batchnorm(model: keras.Model, layers=None) -> None:
         layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
 
 
+class ContinuedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step + offset)``: a learning-rate schedule that a new optimiser continues from the
+    step where the previous phase's optimiser of the same group stopped."""
+
+    def __init__(self, schedule, offset: int):
+        self.schedule, self.offset = schedule, int(offset)
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "offset": self.offset}
+
+
 def _dataset(source, epoch: int, training: bool):
-    if hasattr(source, "train") and hasattr(source, "eval"):
-        return source.train(epoch) if training else source.eval()
-    if callable(source):
+    """The dataset of a source: a pipeline's ``train(epoch)`` or ``eval()``, a function of the epoch,
+    or a dataset as it is."""
+    if training and hasattr(source, "train"):
+        return source.train(epoch)
+    if not training and hasattr(source, "eval"):
+        return source.eval()
+    if callable(source) and not isinstance(source, tf.data.Dataset):
         return source(epoch)
     return source
 
 
 def _steps(source) -> int | None:
-    return getattr(source, "steps", None)
+    steps = getattr(source, "steps", None)
+    return int(steps) if steps is not None else None
+
+
+def _gradients(tape, loss, variables) -> list:
+    """d loss / d variables, zeros for the variables the loss does not reach (TensorFlow's
+    ``UnconnectedGradients.ZERO`` fails on Keras 3 variables, whose dtype is a string)."""
+    grads = tape.gradient(loss, variables)
+    return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables)]
+
+
+def _call(fn, *args):
+    """``fn(*args)``; an error of this package raised while ``fn`` was traced (AutoGraph wraps it in a
+    ``StagingError``) is raised as itself, with its message and fix."""
+    try:
+        return fn(*args)
+    except tf.errors.OutOfRangeError:
+        raise
+    except Exception as exc:
+        from .errors import IcaoMtlError
+
+        inner = exc.__context__
+        while inner is not None and not isinstance(inner, IcaoMtlError):
+            inner = inner.__context__
+        if inner is not None and not isinstance(exc, IcaoMtlError):
+            raise inner from None
+        raise
+
+
+def _overrides(callback, name: str) -> bool:
+    return getattr(type(callback), name, None) is not getattr(keras.callbacks.Callback, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# stateful parts
+
+def _part_arrays(part) -> tuple[dict, Any]:
+    """(arrays, JSON state) of a registered part."""
+    if isinstance(part, np.random.Generator):
+        return {}, part.bit_generator.state
+    if isinstance(part, tf.random.Generator):
+        return {"state": part.state.numpy()}, part.algorithm
+    variables = _part_variables(part)
+    if variables is not None:
+        return {str(i): np.asarray(v.numpy()) for i, v in enumerate(variables)}, None
+    state = part.get_state()
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    return arrays, {k: v for k, v in state.items() if k not in arrays}
+
+
+def _part_variables(part):
+    if isinstance(part, (keras.layers.Layer, keras.Model)):
+        return list(part.variables)
+    if isinstance(part, (tf.Variable, keras.Variable)):
+        return [part]
+    if isinstance(part, (list, tuple)) and all(isinstance(v, (tf.Variable, keras.Variable)) for v in part):
+        return list(part)
+    return None
+
+
+def _restore_part(name: str, part, arrays: dict, meta) -> None:
+    if isinstance(part, np.random.Generator):
+        part.bit_generator.state = meta
+        return
+    if isinstance(part, tf.random.Generator):
+        part.reset(arrays["state"])
+        return
+    variables = _part_variables(part)
+    if variables is not None:
+        if len(arrays) != len(variables):
+            raise ResumeError(f"The checkpoint's state of {name!r} holds {len(arrays)} arrays, the part has "
+                              f"{len(variables)} variables. Fix: resume with the same configuration.")
+        for i, v in enumerate(variables):
+            v.assign(arrays[str(i)])
+        return
+    part.set_state({**(meta or {}), **arrays})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,27 +480,36 @@ class Engine:
         model: a Keras model whose outputs are a dict {task: (batch, 2) probabilities}.
         tasks: the task ids.
         optimizer: shortcut for ``groups={"model": VariableGroup("model", optimizer)}``.
-        groups: the variable groups (their names are used by passes).
+        groups: the variable groups (their names are used by steps).
         loss: the multi-task loss (default :class:`MaskedMultiTaskLoss` with weight 1).
         run_dir: where checkpoints and TensorBoard logs go (None: nothing written).
         strategy: a tf.distribute strategy (build the model inside its scope).
         monitor: "val_accuracy" (the paper's model selection), "val_loss" (the reference code's),
             "val_eer" (mean validation EER) or "loss"/"accuracy" (training values, no validation).
-        patience: stop after this many epochs without improvement of ``monitor`` (None: never).
+        patience: stop a phase after this many epochs in a row without improvement of ``monitor``
+            (as ``keras.callbacks.EarlyStopping(patience=...)``; None: never).
         verbose: 0 silent, 1 progress bars, 2 one line per epoch.
         tensorboard: write TensorBoard scalars under ``run_dir/tensorboard``.
+        eer_method: the EER definition of ``val_eer`` ("fvc" or "roc").
+        seed: the run's seed, the base of every step's :attr:`StepContext.seed`.
+        parts: stateful parts to checkpoint with the weights (see :meth:`register`).
     """
 
     def __init__(self, model: keras.Model, tasks, *, optimizer: Callable | None = None,
                  groups: dict[str, VariableGroup] | None = None, loss: MaskedMultiTaskLoss | None = None,
                  run_dir: str | os.PathLike | None = None, strategy=None, monitor: str = "val_accuracy",
-                 patience: int | None = None, verbose: int = 1, tensorboard: bool = True):
+                 patience: int | None = None, verbose: int = 1, tensorboard: bool = True, eer_method: str = "fvc",
+                 seed: int = 0, parts: dict | None = None):
         if groups is None:
             if optimizer is None:
                 raise ConfigError("Engine needs an optimizer factory or variable groups.")
             groups = {"model": VariableGroup("model", optimizer)}
         if monitor not in MONITORS:
             raise ConfigError(f"Unknown monitor {monitor!r}. Fix: use one of {', '.join(MONITORS)}.")
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ConfigError(f"patience must be a positive integer (or None). Received: {patience!r}.")
+        if eer_method not in ("fvc", "roc"):
+            raise ConfigError(f"eer_method must be fvc or roc. Received: {eer_method!r}.")
         self.model = model
         self.tasks = tuple(tasks)
         self.groups = dict(groups)
@@ -285,15 +521,81 @@ class Engine:
         self.patience = patience
         self.verbose = verbose
         self.tensorboard = tensorboard and self.run_dir is not None and self.chief
+        self.eer_method = eer_method
+        self.seed = int(seed)
+        self.parts: dict[str, Any] = {}
+        for name, part in (parts or {}).items():
+            self.register(name, part)
         self.optimizers: dict[str, keras.optimizers.Optimizer] = {}
         self.history: list[dict] = []
         self.best: dict | None = None
         self.phase: Phase | None = None
-        self.epoch = 0  # global epoch counter (completed epochs)
-        self.global_step = 0
+        self.phase_epoch = 0  # epochs done in the running phase
+        self.epoch = 0  # completed epochs of the run
+        self.global_step = 0  # optimisation steps of the run
+        self.collapse: dict | None = None  # set when the validation scores became constant
+        self._snapshots: dict[str, dict] = {}
+        self._cursors: dict[str, list] = {}  # continuing stream -> [cycle, position]
+        self._group_steps: dict[str, int] = {}  # optimiser steps per group in finished phases
         self._best_weights: list | None = None
         self._writer = None
         self._eval_fn = None
+        self._compiled: dict = {}
+        self._phase_step = 0  # steps of the running phase
+        self._patience = {"best": None, "wait": 0}  # the running phase's best value and epochs since
+        self._collapsed_epochs = 0
+        self._callbacks = keras.callbacks.CallbackList([])
+        self._batch_callbacks = False
+        # engine-side state the traced steps read and update (not checkpointed: reset by every fit)
+        self._counters = tf.Variable(tf.zeros([5], tf.int64), trainable=False, name="engine_counters")
+        self._halted = tf.Variable(False, trainable=False, name="engine_halted")
+        self._bad_step = tf.Variable(tf.constant(-1, tf.int64), trainable=False, name="engine_bad_step")
+
+    # ----- stateful parts and snapshots -------------------------------------------------------
+    def register(self, name: str, part) -> None:
+        """Checkpoint ``part`` with the weights and restore it on resume.
+
+        ``part`` is a Keras layer or model (its variables), a variable or list of variables, a
+        ``np.random.Generator`` or ``tf.random.Generator``, or any object with ``get_state() -> dict``
+        (NumPy arrays and JSON values) and ``set_state(dict)``."""
+        ok = (_part_variables(part) is not None or isinstance(part, (np.random.Generator, tf.random.Generator))
+              or (callable(getattr(part, "get_state", None)) and callable(getattr(part, "set_state", None))))
+        if not ok:
+            raise ConfigError(f"Stateful part {name!r} ({type(part).__name__}) cannot be checkpointed. Fix: give it "
+                              "get_state() and set_state(state), or register its variables.")
+        self.parts[name] = part
+
+    def _variables(self) -> list:
+        return list(self.model.variables)
+
+    def snapshot(self, name: str, variables=None) -> None:
+        """Keep the current values of ``variables`` (default: every variable of the model) under
+        ``name``; the snapshot is saved with the checkpoints, so :meth:`rewind` works after a resume."""
+        all_vars = self._variables()
+        index = {id(v): i for i, v in enumerate(all_vars)}
+        chosen = all_vars if variables is None else list(variables)
+        missing = [v.path for v in chosen if id(v) not in index]
+        if missing:
+            raise ConfigError(f"Snapshot {name!r}: {missing[:3]} are not variables of the model.")
+        self._snapshots[name] = {"index": [index[id(v)] for v in chosen],
+                                 "values": [np.array(v.numpy()) for v in chosen], "epoch": self.epoch}
+
+    def rewind(self, name: str, variables=None) -> None:
+        """Assign the values of snapshot ``name`` back (to ``variables`` only, if given: e.g. the network
+        weights but not the architecture gates)."""
+        if name not in self._snapshots:
+            raise ConfigError(f"No snapshot named {name!r} (taken: {sorted(self._snapshots) or 'none'}). Fix: take it "
+                              "with engine.snapshot(name) in an earlier phase (e.g. its on_end).")
+        snap = self._snapshots[name]
+        all_vars = self._variables()
+        keep = None if variables is None else {id(v) for v in variables}
+        for i, value in zip(snap["index"], snap["values"]):
+            if keep is None or id(all_vars[i]) in keep:
+                all_vars[i].assign(value)
+
+    @property
+    def snapshots(self) -> list[str]:
+        return sorted(self._snapshots)
 
     # ----- checkpoints -----------------------------------------------------------------------
     @property
@@ -301,37 +603,62 @@ class Engine:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
     def _fingerprint(self, phases) -> str:
-        shapes = [(v.path, tuple(v.shape)) for v in self.model.weights]
-        plan = [(p.name, p.epochs, len(p.passes)) for p in phases]
-        return hashlib.sha256(json.dumps([shapes, plan, list(self.tasks)], default=str).encode()).hexdigest()[:16]
+        # shapes and dtypes, not paths: Keras numbers auto-named layers and seed generators per process
+        shapes = [(tuple(v.shape), str(v.dtype)) for v in self._variables()]
+        plan = [(p.name, p.epochs, [[(s.label, s.data, tuple(s.groups), s.continuing) for s in ps.steps]
+                                    for ps in p.passes]) for p in phases]
+        return hashlib.sha256(json.dumps([shapes, plan, list(self.tasks), sorted(self.parts)],
+                                         default=str).encode()).hexdigest()[:16]
 
-    def _save(self, name: str, state: dict, optimizers: bool) -> None:
+    def _save(self, name: str, state: dict, *, full: bool) -> None:
+        """Write ``checkpoints/<name>.npz`` atomically: the model's variables and ``state``; with ``full``
+        also the optimisers, the stateful parts and the snapshots."""
         if not (self.checkpoint_dir and self.chief):
             return
-        arrays = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.weights)}
-        if optimizers:
+        arrays = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(self._variables())}
+        state = {**state, "format": CHECKPOINT_FORMAT}
+        if full:
             for g, opt in self.optimizers.items():
                 for i, v in enumerate(opt.variables):
                     arrays[f"o:{g}:{i}"] = np.asarray(v.numpy())
-        arrays["state"] = np.frombuffer(json.dumps(state, default=str).encode(), dtype=np.uint8)
+            meta = {}
+            for pname, part in self.parts.items():
+                part_arrays, meta[pname] = _part_arrays(part)
+                for k, a in part_arrays.items():
+                    arrays[f"p:{pname}:{k}"] = np.asarray(a)
+            state["parts"] = meta
+            state["snapshots"] = {}
+            for sname, snap in self._snapshots.items():
+                state["snapshots"][sname] = {"index": snap["index"], "epoch": snap["epoch"]}
+                for j, value in enumerate(snap["values"]):
+                    arrays[f"s:{sname}:{j}"] = value
+        arrays["state"] = np.frombuffer(aio.to_json(state, indent=None).encode(), dtype=np.uint8)
         buf = _io.BytesIO()
         np.savez(buf, **arrays)
         aio.write_bytes(self.checkpoint_dir / f"{name}.npz", buf.getvalue())
 
     def _load(self, name: str):
         path = self.checkpoint_dir / f"{name}.npz"
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in f.files}
-        state = json.loads(arrays.pop("state").tobytes().decode())
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+            state = json.loads(arrays.pop("state").tobytes().decode())
+        except (OSError, ValueError, KeyError) as exc:
+            raise ResumeError(f"The checkpoint {path} cannot be read ({exc}). Fix: delete it to restart that run, or "
+                              "restore it from a backup.") from exc
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ResumeError(f"The checkpoint {path} was written by another version of the engine (format "
+                              f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}). Fix: train into a new "
+                              "--out directory.")
         return arrays, state
 
     def _restore_weights(self, arrays) -> None:
-        weights = self.model.weights
+        variables = self._variables()
         n = sum(1 for k in arrays if k.startswith("w"))
-        if n != len(weights):
-            raise ResumeError(f"The checkpoint holds {n} weight arrays but the model has {len(weights)}. Fix: resume "
-                              "with the configuration that wrote it, or start a new run directory.")
-        for i, v in enumerate(weights):
+        if n != len(variables):
+            raise ResumeError(f"The checkpoint holds {n} variable arrays but the model has {len(variables)}. Fix: "
+                              "resume with the configuration that wrote it, or start a new run directory.")
+        for i, v in enumerate(variables):
             v.assign(arrays[f"w{i}"])
 
     def _restore_optimizers(self, arrays) -> None:
@@ -343,12 +670,39 @@ class Engine:
             for (i, k), v in zip(saved, opt.variables):
                 v.assign(arrays[k])
 
+    def _restore_state(self, arrays, state) -> None:
+        """The model's variables and the stateful parts (the optimisers are restored once their phase
+        has built them; the snapshots by :meth:`_restore_snapshots`, before any setup may rewind)."""
+        self._restore_weights(arrays)
+        meta = state.get("parts", {})
+        if set(meta) != set(self.parts):
+            raise ResumeError(f"The checkpoint's stateful parts {sorted(meta)} differ from this run's "
+                              f"{sorted(self.parts)}. Fix: resume with the same configuration.")
+        for pname, part in self.parts.items():
+            prefix = f"p:{pname}:"
+            _restore_part(pname, part, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                          meta[pname])
+
+    def _restore_snapshots(self, arrays, state) -> None:
+        self._snapshots = {}
+        for sname, snap in state.get("snapshots", {}).items():
+            self._snapshots[sname] = {"index": snap["index"], "epoch": snap["epoch"],
+                                      "values": [arrays[f"s:{sname}:{j}"] for j in range(len(snap["index"]))]}
+
+    def _state(self, fingerprint: str, phase_index: int, phase_epoch: int, stopped: bool) -> dict:
+        return {"fingerprint": fingerprint, "history": self.history, "best": self.best, "epoch": self.epoch,
+                "global_step": self.global_step, "phase_index": phase_index, "phase_epoch": phase_epoch,
+                "patience": self._patience, "stopped": stopped, "cursors": self._cursors,
+                "group_steps": self._group_steps,
+                "phase_step": self._phase_step,
+                "collapse": self.collapse, "collapsed_epochs": self._collapsed_epochs}
+
     # ----- phases ----------------------------------------------------------------------------
-    def _start_phase(self, phase: Phase) -> None:
+    def _begin_phase(self, phase: Phase, *, setup: bool = True) -> None:
         self.phase = phase
-        if phase.setup:
+        if setup and phase.setup:
             phase.setup(self)
-        used = {g for p in phase.passes for g in p.groups}
+        used = {g for p in phase.passes for s in p.steps for g in s.groups}
         unknown = used - set(self.groups)
         if unknown:
             raise ConfigError(f"Phase {phase.name!r} updates unknown variable groups {sorted(unknown)}; known: "
@@ -357,6 +711,10 @@ class Engine:
         with self.strategy.scope():
             for g in sorted(used):
                 opt = self.groups[g].optimizer()
+                inner = getattr(opt, "inner_optimizer", opt)
+                rate = getattr(inner, "_learning_rate", None)
+                if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) and not phase.restart_schedules:
+                    inner._learning_rate = ContinuedSchedule(rate, self._group_steps.get(g, 0))
                 if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
                         opt, keras.optimizers.LossScaleOptimizer):
                     opt = keras.optimizers.LossScaleOptimizer(opt)
@@ -365,81 +723,131 @@ class Engine:
                     raise ConfigError(f"Variable group {g!r} has no trainable variables in phase {phase.name!r}.")
                 opt.build(variables)
                 self.optimizers[g] = opt
-        self._steps = {}
+        self._compiled = {}
 
-    def _step_fn(self, pas: Pass, key: int, element_spec=None):
-        if key in self._steps:
-            return self._steps[key]
-        model, strategy = self.model, self.strategy
-        groups = list(pas.groups)
-        var_lists = [self.groups[g].collect(model) for g in groups]
-        opts = [self.optimizers[g] for g in groups]
-        losses = list(pas.losses) if pas.losses else [self._task_loss]
-        scale = isinstance(opts[0], keras.optimizers.LossScaleOptimizer)
-        if scale and len(groups) > 1:
-            raise ConfigError("float16 loss scaling supports one variable group per pass. Fix: use --mixed-precision "
-                              "bfloat16, or update the groups in separate passes.")
-        training = pas.training
+    def _end_phase(self, phase: Phase) -> None:
+        for g, opt in self.optimizers.items():
+            self._group_steps[g] = self._group_steps.get(g, 0) + int(np.asarray(getattr(opt, "inner_optimizer", opt).iterations.numpy()))
+        if phase.on_end:
+            phase.on_end(self)
 
-        def body(x, y):
-            total = {}
-            for fn in losses:
-                with tf.GradientTape() as tape:
-                    loss, logs = fn(model, x, y, training)
-                    scaled = opts[0].scale_loss(loss) if scale else loss
-                flat = [v for vs in var_lists for v in vs]
-                grads = tape.gradient(scaled, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                # A NaN can hide in the gradients while the (clipped) loss stays finite; never apply it.
-                finite = tf.math.is_finite(tf.cast(loss, tf.float32))
-                if not scale:  # a loss-scale optimizer skips non-finite steps itself
-                    finite = tf.logical_and(finite, tf.math.is_finite(tf.linalg.global_norm(grads)))
-
-                # Discard a non-finite step's gradients (zeros; the run stops right after it). A tf.cond
-                # around the update would skip it entirely, but costs seconds of tracing per model and
-                # cannot hold the cross-replica gradient reduction.
-                grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-                i = 0
-                for opt, vs in zip(opts, var_lists):
-                    opt.apply(grads[i:i + len(vs)], vs)
-                    i += len(vs)
-                logs = dict(logs)
-                logs["loss"] = tf.reshape(loss, [])
-                logs["nonfinite"] = 1.0 - tf.cast(finite, tf.float32)
-                for k, v in logs.items():
-                    total[k] = total.get(k, 0.0) + tf.cast(v, tf.float32)
-            return total
-
-        layout: list = []  # (log name, size) in the order of the packed vector, fixed when the step is traced
-
-        def step_impl(x, y):
-            per_replica = strategy.run(body, args=(x, y))
-            reduced = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
-            flat = {k: tf.reshape(v, [-1]) for k, v in reduced.items()}
-            layout[:] = [(k, int(flat[k].shape[0])) for k in sorted(flat)]
-            # One tensor, so the host reads every log of the step in a single transfer.
-            return tf.concat([flat[k] for k, _ in layout], axis=0)
-
-        # The dataset's element spec has a free batch dimension: one trace serves full and last batches.
-        step = tf.function(step_impl, input_signature=list(element_spec) if element_spec is not None else None,
-                           reduce_retracing=element_spec is None)
-
-        def run(x, y):
-            values = step(x, y).numpy().astype(np.float64)
-            out, i = {}, 0
-            for k, size in layout:
-                out[k] = float(values[i]) if size == 1 and k in ("loss", "nonfinite") else values[i:i + size]
-                i += size
-            return out
-
-        self._steps[key] = run
-        return run
-
-    def _task_loss(self, model, x, y, training):
-        outputs = model(x, training=training)
+    # ----- the traced step ---------------------------------------------------------------------
+    def task_loss(self, model, x, y, ctx: StepContext):
+        """The default loss: the engine's masked multi-task loss, plus the model's own losses."""
+        outputs = model(x, training=ctx.training)
         loss, logs = self.loss(y, outputs)
         if model.losses:
             loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
         return loss, logs
+
+    def _compile(self, step: Step):
+        """One tf.function per step kind and phase: ``fn(iterator) -> packed logs`` (one transfer)."""
+        key = id(step)
+        if key in self._compiled:
+            return self._compiled[key]
+        model, strategy = self.model, self.strategy
+        groups = tuple(step.groups)
+        var_lists = {g: self.groups[g].collect(model) for g in groups}
+        opts = {g: self.optimizers[g] for g in groups}
+        losses = list(step.losses) if step.losses else [self.task_loss]
+        scaled = {g: isinstance(o, keras.optimizers.LossScaleOptimizer) for g, o in opts.items()}
+        training, phase_name, seed = step.training, self.phase.name, self.seed
+        counters, halted, bad_step = self._counters, self._halted, self._bad_step
+
+        def apply_if(ok, grads_by_group):
+            def apply():
+                for g in grads_by_group:
+                    opts[g].apply(grads_by_group[g], var_lists[g])
+
+            replica = tf.distribute.get_replica_context()
+            if replica is None or replica.num_replicas_in_sync == 1 or \
+                    tf.__internal__.distribute.strategy_supports_no_merge_call():
+                tf.cond(ok, apply, lambda: None)
+                return
+
+            # A cond in a replica context cannot hold the optimisers' merge_call: decide in the
+            # cross-replica context (as keras' LossScaleOptimizer does), every replica agreeing on ok.
+            def merge(distribution, ok_per_replica, grads):
+                ok0 = distribution.experimental_local_results(ok_per_replica)[0]
+
+                def apply_all():
+                    def per_replica(g_by):
+                        for g in g_by:
+                            opts[g].apply(g_by[g], var_lists[g])
+                    distribution.extended.call_for_each_replica(per_replica, args=(grads,))
+
+                tf.cond(ok0, apply_all, lambda: None)
+
+            replica.merge_call(merge, args=(ok, grads_by_group))
+
+        def body(x, y, ctx_values, was_halted):
+            # Every op of the step waits for the batch: when the iterator is exhausted, nothing stateful
+            # (a seed generator, a noise counter, a batch-norm average) may run without data.
+            with tf.control_dependencies(tf.nest.flatten((x, y))):
+                return step_body(x, y, ctx_values, was_halted)
+
+        def step_body(x, y, ctx_values, was_halted):
+            ctx = StepContext(training, phase_name, ctx_values[0], ctx_values[1], ctx_values[2], ctx_values[3],
+                              ctx_values[4], tf.stack([tf.constant(seed, tf.int32), tf.cast(ctx_values[0], tf.int32)]))
+            replica = tf.distribute.get_replica_context()
+            total: dict = {}
+            for fn in losses:
+                with tf.GradientTape(persistent=True) as tape:
+                    loss, logs = fn(model, x, y, ctx)
+                    per_group = loss if isinstance(loss, dict) else {g: loss for g in groups}
+                    extra = set(per_group) - set(groups)
+                    if extra:
+                        raise ConfigError(f"A loss of step {step.label!r} returned losses for groups {sorted(extra)} "
+                                          f"that the step does not update ({list(groups)}).")
+                    targets = {g: opts[g].scale_loss(l) if scaled[g] else l for g, l in per_group.items()}
+                grads = {g: _gradients(tape, targets[g], var_lists[g]) for g in per_group}
+                del tape
+                finite = tf.reduce_all([tf.math.is_finite(tf.cast(l, tf.float32)) for l in per_group.values()])
+                unscaled = [g for g in per_group if not scaled[g]]  # a loss-scale optimizer handles overflow itself
+                if unscaled:
+                    norm = tf.linalg.global_norm([t for g in unscaled for t in grads[g]])
+                    finite = tf.logical_and(finite, tf.math.is_finite(norm))
+                bad = 1.0 - tf.cast(finite, tf.float32)
+                if replica is not None and replica.num_replicas_in_sync > 1:
+                    bad = tf.minimum(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 1.0)
+                ok = tf.logical_and(bad < 0.5, tf.logical_not(was_halted))
+                apply_if(ok, grads)
+                logs = dict(logs)
+                shown = logs.pop("loss", per_group[groups[0]] if groups[0] in per_group else next(iter(per_group.values())))
+                logs["loss"] = tf.reshape(tf.cast(shown, tf.float32), [])
+                logs["nonfinite"] = bad
+                for k, v in logs.items():
+                    v = tf.cast(v, tf.float32)
+                    if v.shape.rank == 0 or k in ("ce", "n", "correct"):
+                        total[k] = total.get(k, 0.0) + v
+            return total
+
+        layout: list = []  # (log name, size), the order of the packed vector, fixed when traced
+
+        def run(iterator):
+            x, y = next(iterator)
+            ctx_values = counters.read_value()
+            was_halted = halted.read_value()
+            per_replica = strategy.run(body, args=(x, y, ctx_values, was_halted))
+            reduced = {}
+            for k, v in per_replica.items():
+                if strategy.num_replicas_in_sync > 1:
+                    op = tf.distribute.ReduceOp.SUM if k in _SUMMED_LOGS else tf.distribute.ReduceOp.MEAN
+                    v = strategy.reduce(op, v, axis=None)
+                reduced[k] = tf.reshape(v, [-1])
+            layout[:] = [(k, int(reduced[k].shape[0])) for k in sorted(reduced)]
+            # one tensor, so the host reads every log of the step in a single transfer
+            packed = tf.concat([reduced[k] for k, _ in layout], axis=0)
+            with tf.control_dependencies([packed]):
+                now_bad = tf.logical_and(reduced["nonfinite"][0] > 0, tf.logical_not(was_halted))
+                bad_step.assign(tf.where(now_bad, ctx_values[0], bad_step))
+                halted.assign(tf.logical_or(was_halted, now_bad))
+                counters.assign_add(tf.constant([1, 0, 0, 1, 0], tf.int64))
+            return packed
+
+        fn = tf.function(run, reduce_retracing=True)
+        self._compiled[key] = (fn, layout)
+        return self._compiled[key]
 
     # ----- the loop --------------------------------------------------------------------------
     def fit(self, phases: Sequence[Phase], data: dict, validation=None, *, resume: bool = False,
@@ -449,166 +857,344 @@ class Engine:
         Args:
             phases: the schedule.
             data: stream name -> source: an :class:`~icao_mtl.data.ImagePipeline` (its ``train(epoch)``
-                is used), a function ``epoch -> tf.data.Dataset``, or a dataset. Elements are
-                ``(images, {task: labels})``.
+                is used), a :class:`~icao_mtl.data.SplitView` part, a function ``epoch -> tf.data.Dataset``,
+                or a dataset. Elements are ``(inputs, {task: labels})``.
             validation: source of validation data (its ``eval()``), or None.
-            resume: continue from ``run_dir/checkpoints/last.npz`` if it exists.
-            callbacks: Keras callbacks (``on_epoch_end`` gets the epoch's logs; setting
-                ``model.stop_training`` stops).
+            resume: continue from ``run_dir/checkpoints/last.npz`` if it exists (see the module docstring).
+            callbacks: Keras callbacks. ``on_epoch_end`` gets the epoch's logs; ``self.model.optimizer`` is
+                the optimiser of the first group of the running phase (for ``ReduceLROnPlateau``); setting
+                ``model.stop_training`` ends the schedule.
 
         Returns:
             The history: one dict of logs per epoch.
 
         Raises:
             NonFiniteLossError: the loss became NaN or infinite (the last good checkpoint is kept).
+            CollapsedModelError: the validation scores became the same for every image before any
+                epoch gave a usable model.
             ResumeError: the checkpoint does not belong to this configuration.
         """
         phases = list(phases)
-        for p in phases:
-            missing = {ps.data for ps in p.passes} - set(data)
-            if missing:
-                raise ConfigError(f"Phase {p.name!r} reads data streams {sorted(missing)} that fit() did not get; "
-                                  f"given: {sorted(data)}.")
+        self._check_plan(phases, data)
         if self.monitor.startswith("val_") and validation is None:
             raise ConfigError(f"monitor={self.monitor!r} needs validation data. Fix: pass validation=..., or monitor "
                               "'loss'.")
         fingerprint = self._fingerprint(phases)
-        start_phase, start_epoch = 0, 0
+        self.history, self.best, self.epoch, self.global_step, self.collapse = [], None, 0, 0, None
+        self._snapshots, self._cursors, self._group_steps, self._best_weights = {}, {}, {}, None
+        self._collapsed_epochs, self._phase_step = 0, 0
+        self._halted.assign(False)
+        self._bad_step.assign(-1)
+        position = (0, 0, False)  # phase index, epochs done in it, stopped
         resumed = None
         if resume and self.checkpoint_dir and (self.checkpoint_dir / "last.npz").is_file():
-            arrays, state = self._load("last")
-            if state.get("fingerprint") != fingerprint:
-                raise ResumeError(f"The checkpoint in {self.checkpoint_dir} was written by another model or schedule. "
-                                  "Fix: resume with the same configuration, or use a new --out directory.")
-            self.history, self.best = state["history"], state["best"]
-            self.epoch, self.global_step = state["epoch"], state["global_step"]
-            start_phase, start_epoch = state["phase_index"], state["phase_epoch"]
-            if start_epoch >= phases[start_phase].epochs:
-                start_phase, start_epoch = start_phase + 1, 0
-            resumed = (arrays, state)
-            if self.best is not None and (self.checkpoint_dir / "best.npz").is_file():
-                best_arrays, _ = self._load("best")
-                self._best_weights = [best_arrays[f"w{i}"] for i in range(len(self.model.weights))]
-            if self.verbose:
-                print(f"Resuming after epoch {self.epoch} (phase {phases[min(start_phase, len(phases) - 1)].name}).")
-        cb = keras.callbacks.CallbackList(list(callbacks), model=self.model, add_history=False, add_progbar=False)
+            resumed = self._load("last")
+            position = self._resume_from(*resumed, phases, fingerprint)
+        start_phase, start_epoch, stopped = position
+        self._callbacks = keras.callbacks.CallbackList(list(callbacks), model=_CallbackModel(self), add_history=False,
+                                                       add_progbar=False)
+        self._batch_callbacks = any(_overrides(c, "on_train_batch_end") or _overrides(c, "on_batch_end")
+                                    for c in callbacks)
         self.model.stop_training = False
         if self.tensorboard:
             self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
-        cb.on_train_begin()
-        wait = 0 if self.best is None else self.epoch - self.best["epoch"]
+        self._callbacks.on_train_begin()
         try:
-            for pi in range(start_phase, len(phases)):
+            if resumed is not None and (stopped or start_phase >= len(phases)):
+                self._restore_snapshots(*resumed)
+                self._restore_state(*resumed)  # the schedule had finished: its last state (then the best below)
+            for pi in range(start_phase, 0 if stopped else len(phases)):
                 phase = phases[pi]
-                self._start_phase(phase)
                 first = start_epoch if pi == start_phase else 0
-                if resumed is not None:
-                    self._restore_weights(resumed[0])
-                    if resumed[1]["phase_index"] == pi and first > 0:
+                if resumed is not None and pi == start_phase:
+                    self._restore_snapshots(*resumed)
+                    if first == 0:  # at the phase's start: the state, then the setup over it (as uninterrupted)
+                        self._restore_state(*resumed)
+                        self._begin_phase(phase)
+                    else:  # inside the phase: the setup's structure (trainable flags), then the checkpoint's values
+                        self._begin_phase(phase)
+                        self._restore_state(*resumed)
                         self._restore_optimizers(resumed[0])
-                    resumed = None
-                for e in range(first, phase.epochs):
-                    logs = self._run_epoch(phase, e, data, validation, cb)
-                    improved = phase.select_best and self._is_improvement(logs)
-                    if improved:
-                        self.best = {"epoch": self.epoch, "value": float(logs[self.monitor]), "phase": phase.name}
-                        self._best_weights = [v.numpy() for v in self.model.weights]
-                        self._save("best", {"epoch": self.epoch}, optimizers=False)
-                        wait = 0
-                    else:
-                        wait += 1
-                    self._save("last", {"fingerprint": fingerprint, "history": self.history, "best": self.best,
-                                        "epoch": self.epoch, "global_step": self.global_step, "phase_index": pi,
-                                        "phase_epoch": e + 1}, optimizers=True)
-                    if self.patience is not None and wait > self.patience:
-                        if self.verbose:
-                            print(f"Early stop: {self.monitor} did not improve for {self.patience} epochs.")
-                        self.model.stop_training = True
-                    if self.model.stop_training:
-                        break
-                if self.model.stop_training:
+                else:
+                    self._phase_step, self._patience = 0, {"best": None, "wait": 0}
+                    self._begin_phase(phase)
+                stopped = self._run_phase(pi, phase, first, data, validation, fingerprint)
+                if stopped:
                     break
         finally:
-            cb.on_train_end()
+            self._callbacks.on_train_end()
             if self._writer is not None:
                 self._writer.close()
+                self._writer = None
         if self._best_weights is not None:
-            for v, w in zip(self.model.weights, self._best_weights):
+            for v, w in zip(self._variables(), self._best_weights):
                 v.assign(w)
+        if self.collapse is not None and self.collapse.get("fatal"):
+            raise CollapsedModelError(self.collapse["message"])
         return self.history
 
-    def _is_improvement(self, logs) -> bool:
+    def _resume_from(self, arrays, state, phases, fingerprint) -> tuple:
+        """Load the run's bookkeeping from a checkpoint; returns the position to continue from."""
+        if state.get("fingerprint") != fingerprint:
+            raise ResumeError(f"The checkpoint in {self.checkpoint_dir} was written by another model or schedule. "
+                              "Fix: resume with the same configuration, or use a new --out directory.")
+        self.history, self.best = state["history"], state["best"]
+        self.epoch, self.global_step, self._phase_step = state["epoch"], state["global_step"], state["phase_step"]
+        self._cursors, self._group_steps = state["cursors"], state["group_steps"]
+        self.collapse, self._collapsed_epochs = state["collapse"], state["collapsed_epochs"]
+        pi, pe, stopped, self._patience = (state["phase_index"], state["phase_epoch"], state["stopped"],
+                                           state["patience"])
+        if pe >= phases[pi].epochs:  # the phase had ended: the next one starts
+            pi, pe, self._phase_step, self._patience = pi + 1, 0, 0, {"best": None, "wait": 0}
+        if self.best is not None and (self.checkpoint_dir / "best.npz").is_file():
+            best_arrays, _ = self._load("best")
+            self._best_weights = [best_arrays[f"w{i}"] for i in range(len(self._variables()))]
+        if self.verbose:
+            where = f"phase {phases[pi].name!r}" if pi < len(phases) and not stopped else "the schedule had ended"
+            print(f"Resuming after epoch {self.epoch} ({where}).")
+        return pi, pe, stopped
+
+    def _run_phase(self, pi: int, phase: Phase, first: int, data: dict, validation, fingerprint) -> bool:
+        """The epochs of one phase from ``first``; returns whether the whole schedule stops.
+
+        Model selection compares an epoch with the best of the run; the patience, as Keras'
+        ``EarlyStopping`` within one ``fit``, with the best of this phase (so the first epoch of a phase
+        never counts against it)."""
+        patience = phase.patience if phase.patience is not None else self.patience
+        phase_steps = self._phase_steps(phase, data)
+        for e in range(first, phase.epochs):
+            self.phase_epoch = e
+            self._counters.assign([self.global_step, self.epoch, e, self._phase_step, phase_steps])
+            logs = self._run_epoch(phase, e, data, validation)
+            collapsed = logs.get("val_score_range") is not None and logs["val_score_range"] < COLLAPSE_RANGE
+            if phase.select_best and not collapsed:  # a collapsed model is never the best
+                if self._is_improvement(logs, self.best["value"] if self.best else None):
+                    self.best = {"epoch": self.epoch, "value": float(logs[self.monitor]), "phase": phase.name}
+                    self._best_weights = [np.array(v.numpy()) for v in self._variables()]
+                    self._save("best", {"epoch": self.epoch}, full=False)
+            if phase.select_best:
+                if not collapsed and self._is_improvement(logs, self._patience["best"]):
+                    self._patience = {"best": float(logs[self.monitor]), "wait": 0}
+                else:
+                    self._patience["wait"] += 1
+            done = e + 1 == phase.epochs
+            if patience is not None and phase.select_best and self._patience["wait"] >= patience and not done:
+                if self.verbose:
+                    print(f"Early stop of phase {phase.name!r}: {self.monitor} did not improve for {patience} epochs.")
+                done = True
+            stop = self._check_collapse(phase, logs, collapsed)
+            if done or stop:
+                self._end_phase(phase)
+            # Keras' callbacks get numbers only (TensorBoard casts every value) and the epoch as their argument
+            # (ModelCheckpoint formats both); the whole entry is self.model.engine.history[-1]
+            self._callbacks.on_epoch_end(self.epoch - 1, {k: v for k, v in logs.items() if k != "epoch" and isinstance(
+                v, (int, float)) and v is not None})
+            stop = stop or bool(self.model.stop_training)
+            self._save("last", self._state(fingerprint, pi, phase.epochs if done else e + 1, stop), full=True)
+            if done or stop:
+                return stop
+        return False
+
+    def _check_plan(self, phases, data) -> None:
+        if not phases:
+            raise ConfigError("fit() needs at least one phase.")
+        for p in phases:
+            if not isinstance(p.epochs, int) or p.epochs < 1:
+                raise ConfigError(f"Phase {p.name!r} needs a positive number of epochs. Received: {p.epochs!r}.")
+            missing = {s.data for ps in p.passes for s in ps.steps} - set(data)
+            if missing:
+                raise ConfigError(f"Phase {p.name!r} reads data streams {sorted(missing)} that fit() did not get; "
+                                  f"given: {sorted(data)}.")
+            for ps in p.passes:
+                if ps.max_steps is None and all(s.continuing for s in ps.steps):
+                    raise ConfigError(f"A pass of phase {p.name!r} has only continuing streams and no max_steps: it "
+                                      "would never end. Fix: give max_steps, or make one stream restart with the pass.")
+
+    def _is_improvement(self, logs, reference: float | None) -> bool:
+        """Whether the monitored value of ``logs`` is better than ``reference`` (None: anything is)."""
         value = logs.get(self.monitor)
         if value is None or not math.isfinite(value):
             return False
-        if self.best is None:
+        if reference is None:
             return True
-        return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
+        return value > reference if self.mode == "max" else value < reference
 
-    def _run_epoch(self, phase: Phase, e: int, data: dict, validation, cb) -> dict:
-        cb.on_epoch_begin(self.epoch)
+    def _check_collapse(self, phase: Phase, logs: dict, constant: bool) -> bool:
+        """A collapsed model says the same thing for every image (validation scores of one value on every
+        task) and has stopped moving (the same validation loss as the epoch before): the weights have
+        run to saturated values. After two such epochs in a row, stop: fatal when no earlier epoch was a
+        usable model. Returns whether to stop."""
+        previous = self.history[-2] if len(self.history) >= 2 else None
+        still = (previous is not None and previous.get("val_score_range") is not None
+                 and previous["val_score_range"] < COLLAPSE_RANGE
+                 and abs(logs["val_loss"] - previous["val_loss"]) <= 1e-6 * max(1.0, abs(previous["val_loss"])))
+        if not (constant and still):
+            self._collapsed_epochs = 1 if constant else 0
+            return False
+        self._collapsed_epochs += 1
+        losses = ", ".join(f"{h['loss']:.4f}" for h in self.history[-3:] if isinstance(h.get("loss"), float))
+        healthy = self.best is not None
+        message = (f"The model collapsed: after epoch {self.epoch} (phase {phase.name!r}) its validation scores are the "
+                   f"same for every image on every task (range below {COLLAPSE_RANGE:g}) and its validation loss has "
+                   f"stopped at {logs['val_loss']:.4f} for {self._collapsed_epochs} epochs (training loss over the "
+                   f"last epochs: {losses}): the weights ran to saturated values. Fix: lower the learning rate "
+                   "(e.g. --lr 1e-3), check the labels, or disable mixed precision.")
+        if healthy:
+            message += f" Training stopped; the best epoch before the collapse ({self.best['epoch']}) is kept."
+        self.collapse = {"epoch": self.epoch, "phase": phase.name, "message": message, "fatal": not healthy,
+                         "best_epoch": self.best["epoch"] if healthy else None}
+        if self.verbose or healthy:
+            print(message)
+        return True
+
+    def _run_epoch(self, phase: Phase, e: int, data: dict, validation) -> dict:
+        self._callbacks.on_epoch_begin(self.epoch)
         for s in phase.schedules:
             s.variable.assign(s.fn(e, 0))
         logs: dict = {"epoch": self.epoch + 1, "phase": phase.name}
         start = time.perf_counter()
-        for k, pas in enumerate(phase.passes):
+        first_label = phase.passes[0].steps[0].label
+        sums: dict[str, tuple] = {}
+        for pas in phase.passes:
             if pas.on_begin:
                 pas.on_begin(self)
-            source = data[pas.data]
-            ds = _dataset(source, self.epoch, True)
-            dist = self.strategy.experimental_distribute_dataset(ds)
-            step = self._step_fn(pas, k, dist.element_spec)
-            total = _steps(source) if pas.max_steps is None else min(pas.max_steps, _steps(source) or pas.max_steps)
-            bar = keras.utils.Progbar(total, verbose=1 if self.verbose == 1 else 0,
-                                      stateful_metrics=["loss"], unit_name="step")
-            sums: dict = {}
-            n_steps = 0
-            for i, (x, y) in enumerate(dist):
-                if pas.max_steps is not None and i >= pas.max_steps:
-                    break
-                for s in phase.schedules:
-                    if s.per_step:
-                        s.variable.assign(s.fn(e, i))
-                out = step(x, y)
-                loss = out["loss"]
-                if not math.isfinite(loss) or out.get("nonfinite", 0.0) > 0:
-                    where = (f"phase {phase.name!r}, epoch {self.epoch + 1}, pass {pas.data!r}, step {i + 1} "
-                             f"(global step {self.global_step + 1})")
-                    kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.checkpoint_dir}"
-                            if self.checkpoint_dir and self.epoch else "no checkpoint was written yet")
-                    raise NonFiniteLossError(f"The training loss or its gradients became NaN or infinite (loss {loss}) "
-                                             f"at {where}; the step's gradients were discarded and {kept}. Fix: lower the "
-                                             "learning rate, check the images and labels, or disable mixed precision.")
-                for kk, v in out.items():
-                    sums[kk] = sums[kk] + v if kk in sums else v
-                n_steps += 1
-                self.global_step += 1
-                bar.update(i + 1, values=[("loss", sums["loss"] / n_steps)])
-                cb.on_train_batch_end(i, {"loss": loss})
+            self._run_pass(phase, e, pas, data, sums, first_label)
             if pas.on_end:
                 pas.on_end(self)
-            prefix = "" if k == 0 else f"{pas.data}_"
-            logs.update(self._epoch_logs(sums, n_steps, prefix))
+        for label, (total, n) in sums.items():
+            logs.update(self._epoch_logs(total, n[0], "" if label == first_label else f"{label}_"))
         logs["seconds"] = time.perf_counter() - start
         logs["lr"] = self._current_lr()
         if phase.validate and validation is not None:
-            logs.update({f"val_{k}": v for k, v in self.evaluate(validation, scores=True, summary=True).items()
-                         if k in ("loss", "accuracy", "eer")})
+            result = self.evaluate(validation, scores=True, summary=True)
+            logs.update({f"val_{k}": v for k, v in result.items() if k in ("loss", "accuracy", "eer")})
+            logs["val_score_range"] = result["score_range"]
         self.epoch += 1
         self.history.append(logs)
         if self.verbose == 2 or (self.verbose == 1 and phase.validate and validation is not None):
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float) and k != "seconds")
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items()
+                              if isinstance(v, float) and k not in ("seconds", "val_score_range"))
             print(f"epoch {logs['epoch']} [{phase.name}] {shown} ({logs['seconds']:.1f} s)")
         if self._writer is not None:
             with self._writer.as_default():
                 for k, v in logs.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
+                    if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v):
                         tf.summary.scalar(k, v, step=self.epoch)
-        cb.on_epoch_end(self.epoch - 1, logs)
         return logs
 
+    def _iterator(self, name: str, source, continuing: bool):
+        """A fresh iterator over a stream: this epoch's, or a continuing stream's from its cursor."""
+        if not continuing:
+            return iter(self.strategy.experimental_distribute_dataset(_dataset(source, self.epoch, True)))
+        cycle, position = self._cursors.setdefault(name, [0, 0])
+        ds = _dataset(source, cycle, True)
+        if position:
+            ds = ds.skip(position)
+        return iter(self.strategy.experimental_distribute_dataset(ds))
+
+    def _pass_length(self, pas: Pass, data: dict) -> int | None:
+        """Steps the pass makes, when its streams know their lengths (None otherwise)."""
+        kinds = [s.data for s in pas.steps]
+        limits = [] if pas.max_steps is None else [pas.max_steps * len(kinds)]
+        for name in {s.data for s in pas.steps if not s.continuing}:
+            n = _steps(data[name])
+            if n is None:
+                return None if pas.max_steps is None else limits[0]
+            uses = kinds.count(name)
+            rounds, rest = divmod(n, uses)
+            # the partial round ends just before the stream's (rest + 1)-th use in it
+            partial = [i for i, k in enumerate(kinds) if k == name][rest] if rest < uses else len(kinds)
+            limits.append(rounds * len(kinds) + (partial if rest < uses else 0))
+        return min(limits) if limits else None
+
+    def _phase_steps(self, phase: Phase, data: dict) -> int:
+        lengths = [self._pass_length(p, data) for p in phase.passes]
+        return -1 if any(n is None for n in lengths) else sum(lengths) * phase.epochs
+
+    def _run_pass(self, phase: Phase, e: int, pas: Pass, data: dict, sums: dict, first_label: str) -> None:
+        iterators = {s.data: self._iterator(s.data, data[s.data], s.continuing) for s in pas.steps}
+        lengths = {name: _steps(data[name]) for name in iterators}
+        consumed = dict.fromkeys(iterators, 0)
+        total = self._pass_length(pas, data)
+        bar = keras.utils.Progbar(total, verbose=1, unit_name="step") if self.verbose == 1 else None
+        compiled = [self._compile(s) for s in pas.steps]
+        per_step = [s for s in phase.schedules if s.per_step]
+        pending: list = []
+        done = 0  # steps of this pass
+        while total is None or done < total:
+            s, (fn, layout) = pas.steps[done % len(pas.steps)], compiled[done % len(pas.steps)]
+            if pas.max_steps is not None and done // len(pas.steps) >= pas.max_steps:
+                break
+            if s.continuing and lengths[s.data] is not None and self._cursors[s.data][1] >= lengths[s.data]:
+                iterators[s.data] = self._restart(s.data, data[s.data])
+            for sch in per_step:
+                sch.variable.assign(sch.fn(e, done))
+            try:
+                out = _call(fn, iterators[s.data])
+            except tf.errors.OutOfRangeError:
+                if not s.continuing:
+                    break  # this pass's stream ended
+                iterators[s.data] = self._restart(s.data, data[s.data])
+                try:
+                    out = _call(fn, iterators[s.data])
+                except tf.errors.OutOfRangeError:
+                    raise ConfigError(f"Data stream {s.data!r} gives no batch. Fix: give it at least one.") from None
+            consumed[s.data] += 1
+            if s.continuing:
+                self._cursors[s.data][1] += 1
+            pending.append((s, consumed[s.data], out, layout))
+            done += 1
+            self.global_step += 1
+            self._phase_step += 1
+            if bar is not None or self._batch_callbacks or len(pending) >= 32:
+                self._drain(pending, phase, sums, bar, done, first_label)
+        self._drain(pending, phase, sums, bar, done, first_label)
+
+    def _restart(self, name: str, source):
+        """A continuing stream ran out: its next cycle (a new shuffle) from the start."""
+        self._cursors[name] = [self._cursors[name][0] + 1, 0]
+        return self._iterator(name, source, True)
+
+    def _drain(self, pending: list, phase: Phase, sums: dict, bar, done: int, first_label: str) -> None:
+        """Read the pending steps' logs (one transfer each); stop at the first non-finite step."""
+        for s, index, out, layout in pending:
+            values = out.numpy().astype(np.float64)
+            logs, i = {}, 0
+            for k, size in layout:
+                logs[k] = values[i] if k not in ("ce", "n", "correct") else values[i:i + size]
+                i += size
+            if logs["nonfinite"] > 0 or not math.isfinite(logs["loss"]):
+                self._raise_nonfinite(phase, s, index, logs["loss"])
+            total, n = sums.setdefault(s.label, ({}, [0]))
+            for k, v in logs.items():
+                total[k] = total[k] + v if k in total else v
+            n[0] += 1
+            if self._batch_callbacks:
+                self._callbacks.on_train_batch_end(index - 1, {k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
+        if pending and bar is not None:
+            shown = []
+            for label, (total, n) in sums.items():
+                prefix = "" if label == first_label else f"{label}_"
+                shown += [(prefix + k, float(v) / n[0]) for k, v in total.items() if np.ndim(v) == 0 and k != "nonfinite"]
+            bar.stateful_metrics.update(k for k, _ in shown)  # running means already: shown as they are
+            bar.update(done, values=shown)
+        pending.clear()
+
+    def _raise_nonfinite(self, phase: Phase, step: Step, index: int, loss) -> None:
+        bad = int(self._bad_step.numpy())
+        where = (f"phase {phase.name!r}, epoch {self.epoch + 1}, pass {step.label!r}, step {index} "
+                 f"(global step {bad + 1})")
+        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.checkpoint_dir}"
+                if self.checkpoint_dir and self.epoch else "no checkpoint was written yet")
+        raise NonFiniteLossError(f"The training loss or its gradients became NaN or infinite (loss {loss}) at {where}; "
+                                 f"that step and every later one made no update, and {kept}. Fix: lower the learning "
+                                 "rate, check the images and labels, or disable mixed precision.")
+
     def _epoch_logs(self, sums: dict, n_steps: int, prefix: str) -> dict:
-        logs = {f"{prefix}loss": sums.get("loss", math.nan) / max(n_steps, 1)}
+        logs = {}
+        for k, v in sums.items():
+            if k not in ("ce", "n", "correct", "nonfinite") and np.ndim(v) == 0:
+                logs[f"{prefix}{k}"] = float(v) / max(n_steps, 1)
         if "n" in sums and "correct" in sums:
             n = np.asarray(sums["n"])
             if (n > 0).any():
@@ -626,41 +1212,50 @@ class Engine:
         return None
 
     # ----- evaluation ------------------------------------------------------------------------
-    def _eval_step(self, element_spec):
-        key = str(element_spec)
-        if self._eval_fn is None or self._eval_fn[0] != key:
-            model, loss = self.model, self.loss
+    def _eval_step(self):
+        if self._eval_fn is None:
+            model, loss, tasks = self.model, self.loss, self.tasks
 
-            def step(x, y):
+            def step(iterator):
+                x, y = next(iterator)
                 outputs = model(x, training=False)
                 _, logs = loss(y, outputs)
-                scores = tf.stack([tf.cast(outputs[t][:, 1], tf.float32) for t in self.tasks], axis=1)
-                # scores (batch, tasks) and the per-task sums (3, tasks): two transfers per batch
-                return scores, tf.stack([logs["ce"], logs["n"], logs["correct"]])
+                scores = tf.stack([tf.cast(outputs[t][:, 1], tf.float32) for t in tasks], axis=1)
+                labels = tf.stack([tf.cast(tf.reshape(y[t], [-1]), tf.int32) for t in tasks], axis=1)
+                # scores and labels (batch, tasks) and the per-task sums (3, tasks): three transfers per batch
+                return scores, labels, tf.stack([logs["ce"], logs["n"], logs["correct"]])
 
-            self._eval_fn = (key, tf.function(step, input_signature=list(element_spec)))
-        return self._eval_fn[1]
+            self._eval_fn = tf.function(step, reduce_retracing=True)
+        return self._eval_fn
 
     def evaluate(self, source, *, scores: bool = True, summary: bool = False) -> dict:
         """Loss, accuracy and scores on a data source (no augmentation, no weight changes).
 
         Returns:
-            ``{"loss", "accuracy", "eer", "per_task": {task: {"loss", "accuracy", "n"}},
-            "scores": {task: (n,) P(compliant)}, "labels": {task: (n,)}}``; "eer" is the mean
-            FVC EER over tasks where it is defined (NaN if none).
+            ``{"loss", "accuracy", "eer", "score_range", "per_task": {task: {"loss", "accuracy", "n"}},
+            "scores": {task: (n,) P(compliant)}, "labels": {task: (n,)}}``; "eer" (with ``summary``) is the
+            mean EER (``eer_method``) over tasks where it is defined (NaN if none); "score_range" the
+            largest range (max - min) of a task's scores (0 when the model says the same for every image).
         """
         from .metrics import evaluate_tasks
 
         ds = _dataset(source, 0, False)
-        step = self._eval_step(ds.element_spec)
+        step = self._eval_step()
         totals = np.zeros((3, len(self.tasks)))
         out_scores, out_labels = [], []
-        for x, y in ds:
-            s, logs = step(x, y)
-            totals += logs.numpy()
+        iterator = iter(ds)
+        n_batches = _steps(source)
+        b = 0
+        while n_batches is None or b < n_batches:
+            try:
+                s, l, sums = step(iterator)
+            except tf.errors.OutOfRangeError:
+                break
+            b += 1
+            totals += sums.numpy()
             if scores:
                 out_scores.append(s.numpy())
-                out_labels.append(np.stack([np.asarray(y[t]).reshape(-1) for t in self.tasks], axis=1))
+                out_labels.append(l.numpy())
         per_task = {}
         for j, t in enumerate(self.tasks):
             ce, n, correct = totals[:, j]
@@ -673,8 +1268,9 @@ class Engine:
             l_all = np.concatenate(out_labels) if out_labels else np.zeros((0, len(self.tasks)), np.int32)
             result["scores"] = {t: s_all[:, j] for j, t in enumerate(self.tasks)}
             result["labels"] = {t: l_all[:, j] for j, t in enumerate(self.tasks)}
+            result["score_range"] = float(np.max(s_all.max(0) - s_all.min(0))) if len(s_all) else math.nan
             if summary:
-                m = evaluate_tasks(result["labels"], result["scores"])
+                m = evaluate_tasks(result["labels"], result["scores"], method=self.eer_method)
                 eers = [v.eer.eer for v in m.values() if v.eer.defined]
                 result["eer"] = float(np.mean(eers)) if eers else math.nan
         return result
@@ -682,6 +1278,27 @@ class Engine:
     def predict(self, source) -> dict[str, np.ndarray]:
         """P(compliant) per task for every image of ``source`` (in its order): {task: (n,)}."""
         return self.evaluate(source, scores=True)["scores"]
+
+
+class _CallbackModel:
+    """What Keras callbacks see as ``self.model``: the engine's model, with ``optimizer`` the running
+    phase's first optimiser (``ReduceLROnPlateau``, ``TensorBoard``) and ``engine`` the engine (its
+    phase, its history with the full logs); attribute writes (``stop_training``) reach the model. The
+    model itself never holds an optimiser, so saving it writes none."""
+
+    def __init__(self, engine: Engine):
+        object.__setattr__(self, "engine", engine)
+
+    @property
+    def optimizer(self):
+        opts = self.engine.optimizers
+        return next(iter(opts.values())) if opts else None
+
+    def __getattr__(self, name):
+        return getattr(self.engine.model, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.engine.model, name, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +1312,8 @@ def standard_phases(epochs: int) -> list[Phase]:
 def finetune_phases(finetune_epochs: int, epochs: int, tasks, unfreeze: str = "all") -> list[Phase]:
     """The paper's Experiment III: train with the backbone unfrozen (``unfreeze``: "all" as the paper
     says, or "last:2", the two last layers, as its code did) for ``finetune_epochs``, then freeze it
-    again and train the heads for ``epochs``. Each phase gets a fresh optimiser."""
+    again and train the heads for ``epochs``. Each phase gets a fresh optimiser; a learning-rate
+    schedule continues across the two."""
     from .backbones import set_backbone_trainable
 
     def open_(engine):

@@ -244,7 +244,7 @@ def search_phases(model: Supergraph, *, epochs: int, warmup: int, lam: float, co
         """Unit u's weight step: along Gumbel ``mixtures``, or (None) the warm-up's copy u only."""
         loss_fn, index = per_unit[u]
 
-        def fn(m, x, y, training):
+        def fn(m, x, y, ctx):
             if mixtures is None:
                 outputs = m.forward_route(x, u, [u % m.copies] * m.n_layers, training=True)
             else:
@@ -254,7 +254,7 @@ def search_phases(model: Supergraph, *, epochs: int, warmup: int, lam: float, co
 
         return fn
 
-    def arch_loss(m, x, y, training):
+    def arch_loss(m, x, y, ctx):
         resource = tf.cast(cost(m.alpha), tf.float32)
         total, logs = 0.0, None
         for u, (loss_fn, index) in enumerate(per_unit):
@@ -311,7 +311,7 @@ class TraceWriter(keras.callbacks.Callback):
         self.entries = aio.read_json(self.path) if self.path.is_file() else []
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        logs = self.model.engine.history[-1]  # the engine's entry: with the phase and every pass's logs
         m = self.supergraph
         expected = float(self.cost(m.alpha))
         search = logs.get("phase") == "search"
@@ -569,7 +569,7 @@ def _retrain(cfg: BranchingConfig, tcfg, spec, tasks, units, unit_names, config,
     """Build, retrain and evaluate the branched network of ``config`` into ``run_dir``."""
     from icao_mtl.architectures import count_params
     from icao_mtl.losses import MaskedMultiTaskLoss
-    from icao_mtl.runs import evaluate_run, save_model, write_split
+    from icao_mtl.runs import finish_run_dir, start_run_dir
     from icao_mtl.training import Engine, Pass, Phase, optimizer_factory
 
     if (run_dir / "config.json").is_file():
@@ -590,20 +590,15 @@ def _retrain(cfg: BranchingConfig, tcfg, spec, tasks, units, unit_names, config,
                                  steps_per_epoch=steps)
 
     groups = lr_groups(model, sharing, optimizer, cfg.lr_division)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rcfg = tcfg.copy(approach="bmtas", out=str(run_dir))
-    aio.write_json(run_dir / "config.json", rcfg.to_dict())
-    write_split(run_dir, splits)
+    start_run_dir(run_dir, rcfg.to_dict(), splits)
     info = {**info, "params": count_params(model), "sharing": sharing}
     aio.write_json(run_dir / "structure.json", info)
     engine = Engine(model, tasks, groups=groups, loss=MaskedMultiTaskLoss(tasks), run_dir=run_dir,
-                    monitor="val_accuracy", verbose=1 if cfg.verbose else 0)
+                    monitor="val_accuracy", verbose=1 if cfg.verbose else 0, seed=cfg.seed)
     history = engine.fit([Phase("train", cfg.retrain_epochs, passes=[Pass("train", tuple(groups))])],
                          {"train": pipes["train"]}, pipes["val"], resume=resume)
-    save_model(model, run_dir / "model.keras")
-    aio.write_json(run_dir / "history.json", {"bmtas": history})
-    result = evaluate_run(run_dir, rcfg, {"model": model}, pipes, splits, histories={"bmtas": history},
-                          verbose=cfg.verbose)
+    result = finish_run_dir(run_dir, rcfg, {"model": model}, pipes, splits, {"bmtas": history}, verbose=cfg.verbose)
     return result.metrics, info
 
 
@@ -677,11 +672,29 @@ class BranchingResult:
 
 def run(cfg: BranchingConfig, *, resume: bool = False) -> BranchingResult:
     """Search every lambda of ``cfg``, retrain and evaluate the results (and the baselines); see the
-    module docstring for the outputs."""
-    from icao_mtl.training import Engine
+    module docstring for the outputs. ``status.json`` of the output directory says whether the run is
+    running, finished or was interrupted (``--resume`` continues it)."""
+    from icao_mtl.runs import write_status
 
     cfg.validate()
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"bmtas_{cfg.backbone}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if not cfg.out:
+        cfg = BranchingConfig(**{**asdict(cfg), "out": str(Path("runs") / f"bmtas_{cfg.backbone}_"
+                                                            f"{time.strftime('%Y%m%d-%H%M%S')}")})
+    try:
+        result = _run(cfg, resume)
+    except BaseException as exc:
+        if (Path(cfg.out) / "branching.json").is_file():
+            write_status(Path(cfg.out), "interrupted", error=f"{type(exc).__name__}: {exc}")
+        raise
+    write_status(result.out, "finished", networks=[r["name"] for r in result.rows])
+    return result
+
+
+def _run(cfg: BranchingConfig, resume: bool) -> BranchingResult:
+    from icao_mtl.runs import write_status
+    from icao_mtl.training import Engine
+
+    out = Path(cfg.out)
     record = out / "branching.json"
     if record.is_file():
         old = aio.read_json(record)
@@ -708,6 +721,7 @@ def run(cfg: BranchingConfig, *, resume: bool = False) -> BranchingResult:
     out.mkdir(parents=True, exist_ok=True)
     aio.write_json(record, {**cfg.identity(), "requested": {k: getattr(cfg, k) for k in (
         "lambdas", "baselines", "retrain_epochs", "retrain_lr", "lr_division")}})
+    write_status(out, "running")
     spec = layout(cfg.backbone, cfg.granularity)
     lut_path = out / "lut.json"
     if lut_path.is_file():
@@ -735,7 +749,7 @@ def run(cfg: BranchingConfig, *, resume: bool = False) -> BranchingResult:
             keras.utils.set_random_seed(cfg.seed)
             model = Supergraph(spec, tasks, units, copies, size, weights=cfg.weights, seed=cfg.seed)
             engine = Engine(model, tasks, groups=search_groups(model, lr=cfg.lr, arch_lr=cfg.arch_lr),
-                            run_dir=lam_dir / "search", monitor="loss", verbose=1 if verbose else 0)
+                            run_dir=lam_dir / "search", monitor="loss", verbose=1 if verbose else 0, seed=cfg.seed)
             trace = TraceWriter(model, lam_dir / "trace.json", cost, layer_madds, normaliser)
             if verbose:
                 print(f"lambda = {lam:g}: warm-up {cfg.warmup_epochs()} epochs, search {cfg.epochs - cfg.warmup_epochs()} "

@@ -178,15 +178,19 @@ class FeaturePipeline:
     def tasks(self):
         return self.ds.tasks
 
-    def _dataset(self, view: int, shuffle: bool, epoch: int):
+    def _dataset(self, view: int, shuffle: bool, epoch: int, rows=None):
         import tensorflow as tf
 
         feats = tf.constant(self.features[view])
         labels = tf.constant(self.ds.labels.astype(np.int32))
         tasks = self.ds.tasks
         idx = tf.data.Dataset.range(len(self.ds))
+        n = len(self.ds)
+        if rows is not None:  # a part of a SplitView: the rows ImagePipeline.train(epoch, rows=...) keeps
+            idx = tf.data.Dataset.from_tensor_slices(np.sort(np.asarray(rows, np.int64)))
+            n = len(rows)
         if shuffle:  # the permutation ImagePipeline.train(epoch) uses for the same seed
-            idx = idx.shuffle(len(self.ds), seed=self.seed * 100003 + int(epoch), reshuffle_each_iteration=False)
+            idx = idx.shuffle(max(n, 1), seed=self.seed * 100003 + int(epoch), reshuffle_each_iteration=False)
         idx = idx.batch(self.batch_size)
 
         def gather(i):
@@ -197,8 +201,8 @@ class FeaturePipeline:
 
         return idx.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def train(self, epoch: int = 0):
-        return self._dataset(int(epoch) % len(self.features), True, epoch)
+    def train(self, epoch: int = 0, rows=None):
+        return self._dataset(int(epoch) % len(self.features), True, epoch, rows)
 
     def eval(self):
         return self._dataset(0, False, 0)

@@ -55,6 +55,8 @@ def search_trace(epochs: int = 4, warmup: int = 1, lam: float = 0.5) -> list[dic
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            engine = getattr(self.model, "engine", None)  # the engine's whole entry (the phase included)
+            logs = engine.history[-1] if engine is not None else logs
             trace.append({"epoch": int(logs["epoch"]), "phase": logs["phase"],
                           "loss": float(logs["loss"]), "weights_loss": logs.get("weights_loss"),
                           "temperature": float(model.temperature.numpy()),

@@ -4,6 +4,8 @@ branching_bmtas.md §8.8 items 10-13; items 1-9 are in test_nas_partitions.py)."
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -242,3 +244,25 @@ def test_resume_continues_with_the_recorded_options(tmp_path, monkeypatch):
     assert c.lr_division is False
     assert main(["--resume", "--out", str(out), "--lambda", "5"]) == 0
     assert seen[-1][0].lambdas == [5.0] and seen[-1][0].epochs == 7
+
+
+def test_the_search_on_the_new_step_plan_computes_what_it_computed_before():
+    """The engine's rewrite (step plans, traced iterators, guarded updates) leaves BMTAS's numbers as
+    they were: a tiny search's trace equals the one recorded with the engine of commit af66f94."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    out = subprocess.run([sys.executable, str(here / "_bmtas_trace.py"), "/dev/stdout"], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "TF_DETERMINISTIC_OPS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    now = json.loads(out.stdout)
+    before = json.loads((here / "data" / "bmtas_trace_reference.json").read_text())
+    assert [(e["epoch"], e["phase"]) for e in now] == [(e["epoch"], e["phase"]) for e in before]
+    for a, b in zip(now, before):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert (a["weights_loss"] is None) == (b["weights_loss"] is None)
+        if b["weights_loss"] is not None:
+            assert a["weights_loss"] == pytest.approx(b["weights_loss"], rel=1e-6)
+        assert a["temperature"] == pytest.approx(b["temperature"])
+        np.testing.assert_allclose(a["alpha"], b["alpha"], atol=1e-6)

@@ -227,14 +227,22 @@ class ImagePipeline:
             ds = ds.map(lambda x, y: (fn(x), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def train(self, epoch: int = 0, *, shuffle: bool = True, drop_remainder: bool = False):
+    def train(self, epoch: int = 0, *, shuffle: bool = True, drop_remainder: bool = False, rows=None):
         """The training pass of ``epoch``: shuffled and augmented deterministically from
-        ``(seed, epoch)``."""
+        ``(seed, epoch)``. ``rows``: only these rows of the split (indices; e.g. a part of a
+        :class:`SplitView`), each augmented as it would be in the whole split's pass."""
         import tensorflow as tf
 
         ds = self.base()
+        n = len(self.ds)
+        if rows is not None:
+            member = np.zeros(n, bool)
+            member[np.asarray(rows, np.int64)] = True
+            member_t = tf.constant(member)
+            ds = ds.filter(lambda idx, img: tf.gather(member_t, idx))
+            n = int(member.sum())
         if shuffle:
-            ds = ds.shuffle(len(self.ds), seed=self.seed * 100003 + int(epoch), reshuffle_each_iteration=False)
+            ds = ds.shuffle(max(n, 1), seed=self.seed * 100003 + int(epoch), reshuffle_each_iteration=False)
         aug = self.augment
         seed_hi = self.seed * 1000 + int(epoch)
         h = w = self.image_size
@@ -269,3 +277,63 @@ class ImagePipeline:
     def images(self) -> np.ndarray:
         """All images of the split as uint8 (n, H, W, 3), in file order (for analysis and plots)."""
         return np.concatenate([b.numpy() for _, b in self.base().batch(256)], 0)
+
+
+class SplitView:
+    """Complementary parts of one training source, redrawn every epoch: e.g. MTL-NAS's 50/50 split of
+    the training set into a weight half and an architecture half.
+
+    The partition of epoch ``e`` is a permutation drawn from ``(seed, e)``: the same after a resume,
+    different from one epoch to the next. Each part serves the engine as a data stream
+    (:meth:`part`), reading the source's cached images (nothing is decoded twice).
+
+    Args:
+        source: an :class:`ImagePipeline` (or any source with ``__len__``, ``batch_size`` and
+            ``train(epoch, rows=...)``, such as the feature pipelines of ``nas``).
+        fractions: the parts' shares of the rows (default two halves), summing to 1.
+        seed: seed of the partitions.
+    """
+
+    def __init__(self, source, fractions=(0.5, 0.5), seed: int = 0):
+        fractions = tuple(float(f) for f in fractions)
+        if len(fractions) < 2 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"SplitView fractions must be two or more positive shares summing to 1. Received: "
+                             f"{fractions}")
+        self.source, self.fractions, self.seed = source, fractions, int(seed)
+        n = len(source)
+        cuts = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
+        self.sizes = np.diff(np.r_[0, cuts, n]).tolist()
+        if min(self.sizes) < 1:
+            raise ValueError(f"A part of the split would be empty ({self.sizes} rows of {n}). Fix: use more data or "
+                             "other fractions.")
+
+    def rows(self, epoch: int) -> list[np.ndarray]:
+        """The rows of every part in ``epoch`` (sorted indices into the source)."""
+        order = np.random.default_rng([self.seed, 7919, int(epoch)]).permutation(len(self.source))
+        bounds = np.cumsum([0, *self.sizes])
+        return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def part(self, k: int) -> "SplitPart":
+        if not 0 <= k < len(self.sizes):
+            raise ValueError(f"SplitView has parts 0..{len(self.sizes) - 1}. Received: {k}")
+        return SplitPart(self, k)
+
+
+class SplitPart:
+    """One part of a :class:`SplitView`, as a data stream: ``train(epoch)`` and ``steps``."""
+
+    def __init__(self, view: SplitView, k: int):
+        self.view, self.k = view, k
+
+    def __len__(self) -> int:
+        return self.view.sizes[self.k]
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self) / self.view.source.batch_size)
+
+    def train(self, epoch: int = 0):
+        return self.view.source.train(epoch, rows=self.view.rows(epoch)[self.k])
+
+    def eval(self):
+        raise ValueError("A SplitView part is a training stream; evaluate on the validation split instead.")
