@@ -50,6 +50,7 @@ class TrainConfig:
     synth_n: int = 6000
     synth_size: int = 224
     split: list = field(default_factory=lambda: [0.75, 0.15, 0.10])
+    split_seed: int = 0  # the split's own seed: --seed changes the training, not which images are tested
     check_images: str = "decode"
     # model
     approach: str = "hc2"
@@ -155,6 +156,8 @@ class TrainConfig:
         if self.weights not in (None, "none", "imagenet") and not Path(self.weights).is_file():
             raise ConfigError(f"Weights file {self.weights} not found. Fix: pass an existing file, --weights imagenet "
                               "or --weights none.")
+        if not isinstance(self.split_seed, int) or self.split_seed < 0:
+            raise ConfigError(f"split_seed must be a non-negative integer. Received: {self.split_seed!r}.")
         for name in ("epochs", "batch_size", "synth_n", "synth_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

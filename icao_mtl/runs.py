@@ -31,8 +31,7 @@ import numpy as np
 
 from . import io as aio
 from .config import TrainConfig
-from .errors import ConfigError, NonFiniteLossError, ResumeError
-
+from .errors import CollapsedModelError, ConfigError, NonFiniteLossError, ResumeError
 
 
 def runs_root() -> Path:
@@ -51,7 +50,7 @@ def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
     mapping = ColumnMapping.from_json(cfg.mapping) if cfg.mapping else None
     ds = data.load(cfg.data, tasks=cfg.tasks, mapping=mapping, check_images=cfg.check_images,
                    synth_n=cfg.synth_n, synth_size=cfg.synth_size, progress=verbose > 0)
-    splits = data.split_dataset(ds, fractions=tuple(cfg.split), seed=cfg.seed)
+    splits = data.split_dataset(ds, fractions=tuple(cfg.split), seed=cfg.split_seed)
     if verbose:
         print(ds.report.summary())
         print(splits.report.summary())
@@ -99,14 +98,47 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
                           "options (or only --resume --out DIR), or train into a new --out directory.")
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a run (finished, or interrupted with checkpoints to resume)."""
+    run_dir = Path(run_dir)
+    return ((run_dir / "status.json").is_file() or (run_dir / "metrics.json").is_file()
+            or (run_dir / "checkpoints").is_dir() or any((run_dir / "models").glob("*/checkpoints")))
+
+
 def write_split(run_dir: Path, splits) -> None:
     """``split.csv``: which image is in which split (read by analyze)."""
     aio.write_text(run_dir / "split.csv", _csv(["image", "split"], [(n, s) for s in ("train", "val", "test")
                                                                     for n in splits[s].names]))
 
 
-def _write_status(run_dir: Path, state: str, **extra) -> None:
+def write_status(run_dir: Path, state: str, **extra) -> None:
+    """``status.json``: running / finished / failed / interrupted, the time, and what else is given
+    (the error, a collapse, the dtype policy)."""
     aio.write_json(run_dir / "status.json", {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
+
+
+def start_run_dir(run_dir: Path, config: dict, splits, **status) -> None:
+    """The files a run directory holds from its start, so that a killed run can be resumed and
+    inspected: ``config.json``, ``split.csv`` and ``status.json`` ("running")."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    aio.write_json(run_dir / "config.json", config)
+    write_split(run_dir, splits)
+    write_status(run_dir, "running", **status)
+
+
+def finish_run_dir(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, splits, histories: dict, *,
+                   verbose: int = 1, **status) -> "RunResult":
+    """The files of a finished run, the same for every method: the model(s) (``model.keras``, or for one
+    model per task ``models/<task>.keras``), ``history.json``, then :func:`evaluate_run`'s metrics,
+    scores, tables and plots, and ``status.json`` ("finished")."""
+    run_dir = Path(run_dir)
+    for name, model in models.items():
+        save_model(model, run_dir / "model.keras" if name == "model" else run_dir / "models" / f"{name}.keras")
+    aio.write_json(run_dir / "history.json", histories)
+    result = evaluate_run(run_dir, cfg, models, pipes, splits, histories=histories, verbose=verbose)
+    write_status(run_dir, "finished", **status)
+    return result
 
 
 def _csv(header, rows) -> str:
@@ -179,7 +211,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
         check_resumable(run_dir, cfg)
     else:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        if chief and ((run_dir / "checkpoints").is_dir() or (run_dir / "metrics.json").is_file()):
+        if chief and holds_run(run_dir):
             raise ConfigError(f"{run_dir} already holds a run. Fix: pass --resume to continue it, or choose another "
                               "--out.")
     policy = set_precision(cfg.mixed_precision)
@@ -187,10 +219,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     ds, splits = prepare_data(cfg, verbose=verbose)
     pipes = make_pipelines(cfg, splits)
     if chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        aio.write_json(run_dir / "config.json", cfg.to_dict())
-        write_split(run_dir, splits)
-        _write_status(run_dir, "running", policy=policy)
+        start_run_dir(run_dir, cfg.to_dict(), splits, policy=policy)
     if verbose:
         print(f"Run directory: {run_dir}" + ("" if chief else " (this worker writes nothing)"))
 
@@ -199,7 +228,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     total_epochs = cfg.epochs + cfg.finetune_epochs
     opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps)
     model_sets = [(t, (t,)) for t in tasks] if cfg.approach == "stl" else [(None, tasks)]
-    models, histories = {}, {}
+    models, histories, collapses = {}, {}, {}
     try:
         for name, model_tasks in model_sets:
             sub = run_dir / "models" / name if name else run_dir
@@ -213,29 +242,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                 phases = standard_phases(cfg.epochs)
             weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
             engine = Engine(model, model_tasks, optimizer=opt, loss=MaskedMultiTaskLoss(model_tasks, weight),
-                            run_dir=sub, strategy=strategy, monitor=cfg.monitor, patience=cfg.patience, verbose=verbose)
+                            run_dir=sub, strategy=strategy, monitor=cfg.monitor, patience=cfg.patience, verbose=verbose,
+                            eer_method=cfg.eer_method, seed=cfg.seed)
             if verbose and name:
                 print(f"STL model for {name!r}")
             data_streams = {"train": _TaskView(pipes["train"], model_tasks)}
             histories[name or cfg.approach] = engine.fit(phases, data_streams, _TaskView(pipes["val"], model_tasks),
                                                         resume=resume)
+            if engine.collapse is not None:
+                collapses[name or cfg.approach] = engine.collapse
             models[name or "model"] = model
-            if chief:
-                save_model(model, run_dir / "models" / f"{name}.keras" if name else run_dir / "model.keras")
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CollapsedModelError) as exc:
         if chief:
-            _write_status(run_dir, "failed", error=str(exc))
+            write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__)
         raise
     except BaseException as exc:  # a kill or an error: say so in the run directory, keep the checkpoints
         if chief:
-            _write_status(run_dir, "interrupted", error=f"{type(exc).__name__}: {exc}")
+            write_status(run_dir, "interrupted", error=f"{type(exc).__name__}: {exc}")
         raise
     if not chief:
         return RunResult(run_dir, {}, "", histories)
-    aio.write_json(run_dir / "history.json", histories)
-    result = evaluate_run(run_dir, cfg, models, pipes, splits, histories=histories, verbose=verbose)
-    _write_status(run_dir, "finished", policy=policy)
-    return result
+    extra = {"collapse": collapses} if collapses else {}
+    return finish_run_dir(run_dir, cfg, models, pipes, splits, histories, verbose=verbose, policy=policy, **extra)
 
 
 class _TaskView:
@@ -310,27 +338,18 @@ def evaluate_run(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, spl
     return RunResult(run_dir, metrics, md, histories or {})
 
 
-def register_custom_layers() -> None:
-    """Import every module that registers Keras layers a saved model may hold (the backbones'
-    preprocessing; the branched networks' blocks of ``nas.blocks``), so that ``load_model`` finds them."""
-    import importlib
-
-    for name in ("icao_mtl.backbones", "nas.blocks", "nas.supergraph"):
-        importlib.import_module(name)
-
-
 def load_models(run_dir: str | os.PathLike) -> dict:
-    """The models of a run: {"model": model} or, for STL, {task: model}. Loaded with ``safe_mode=True``."""
-    import keras
+    """The models of a run: {"model": model} or, for STL, {task: model}. Loaded with ``safe_mode=True``
+    (:func:`icao_mtl.load_model`)."""
+    from . import load_model
 
-    register_custom_layers()
     run_dir = Path(run_dir)
     single = run_dir / "model.keras"
     if single.is_file():
-        return {"model": keras.saving.load_model(single, safe_mode=True)}
+        return {"model": load_model(single)}
     stl = sorted((run_dir / "models").glob("*.keras")) if (run_dir / "models").is_dir() else []
     if stl:
-        return {p.stem: keras.saving.load_model(p, safe_mode=True) for p in stl}
+        return {p.stem: load_model(p) for p in stl}
     raise ConfigError(f"{run_dir} holds no model (model.keras or models/*.keras). Fix: pass the directory of a "
                       "finished training run (python -m icao_mtl.train writes one).")
 

@@ -28,7 +28,7 @@ _FLAGS = {
     "dropout": float, "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "lr_schedule": str,
     "loss_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
-    "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "strategy": str,
+    "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str,
 }
 _HELP = {
@@ -52,6 +52,8 @@ _HELP = {
     "interpolation": "resize: bilinear (default) or nearest (the reference code)",
     "eer_method": "fvc (default, FVC2000 / pyeer) or roc (interpolated ROC crossing)",
     "bootstrap": "bootstrap resamples for 95%% EER intervals (default 0: none)",
+    "seed": "seed of initialisation, shuffling, augmentation and dropout (default 0)",
+    "split_seed": "seed of the train/val/test split (default 0; --seed leaves the split as it is)",
     "strategy": "none, mirrored, or multiworker (TF_CONFIG)",
     "mixed_precision": "none, auto, float16 or bfloat16",
     "out": "run directory (default runs/<approach>_<backbone>_<hash>_<time>)",
@@ -99,7 +101,11 @@ def config_from_args(args) -> TrainConfig:
     if args.tasks:
         changes["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.split:
-        changes["split"] = [float(v) for v in args.split.split(",")]
+        try:
+            changes["split"] = [float(v) for v in args.split.split(",")]
+        except ValueError:
+            raise IcaoMtlError(f"--split must be three fractions separated by commas, e.g. 0.75,0.15,0.10. "
+                               f"Received: {args.split!r}") from None
     return base.copy(**changes)
 
 

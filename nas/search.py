@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from icao_mtl import io as aio
-from icao_mtl.errors import ConfigError, IcaoMtlError, NonFiniteLossError, ResumeError, command
+from icao_mtl.errors import CollapsedModelError, ConfigError, IcaoMtlError, NonFiniteLossError, ResumeError, command
+from icao_mtl.runs import write_status
 
 from .space import BranchDepthSpace
 
@@ -128,7 +129,7 @@ def head_model(config: tuple, dim: int, tasks, groups, seed: int = 0):
 
 
 def train_head(model, features, splits, *, epochs: int, lr: float, batch_size: int, seed: int, monitor="val_accuracy",
-               run_dir=None, verbose: int = 0):
+               run_dir=None, verbose: int = 0, resume: bool = False):
     """Train a head on cached features with the engine; returns (engine, history)."""
     import keras
 
@@ -141,8 +142,8 @@ def train_head(model, features, splits, *, epochs: int, lr: float, batch_size: i
     train = FeaturePipeline(features.train, splits.train, batch_size, seed)
     val = FeaturePipeline(features.val, splits.val, 256, seed)
     engine = Engine(model, tasks, optimizer=lambda: keras.optimizers.Adam(lr), loss=MaskedMultiTaskLoss(tasks, 0.1),
-                    monitor=monitor, verbose=verbose, run_dir=run_dir)
-    history = engine.fit([Phase("train", epochs)], {"train": train}, val)
+                    monitor=monitor, verbose=verbose, run_dir=run_dir, seed=seed)
+    history = engine.fit([Phase("train", epochs)], {"train": train}, val, resume=resume)
     return engine, history
 
 
@@ -184,7 +185,7 @@ def _tuner_class():
                 engine, history = train_head(model, ctx.features, ctx.splits, epochs=ctx.cfg.child_epochs,
                                              lr=ctx.cfg.lr, batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed)
                 m = score(engine, ctx.features.val, ctx.splits.val)
-            except NonFiniteLossError as exc:
+            except (NonFiniteLossError, CollapsedModelError) as exc:
                 ctx.record(trial.trial_id, config, None, time.perf_counter() - start, f"diverged: {exc}")
                 raise keras_tuner.errors.FailedTrialError(f"the child diverged: {exc}") from exc
             if m["eer_mean"] is None or not math.isfinite(m["eer_mean"]):
@@ -253,24 +254,32 @@ def _prepare(cfg: SearchConfig, out: Path, verbose: int):
     tcfg = cfg.train_config()
     ds, splits = prepare_data(tcfg, verbose=verbose)
     weights = cfg.weights
-    if weights in (None, "none") and cfg.pretrain_epochs:
+    if weights in (None, "none"):
+        # A backbone without pretrained weights is made once, saved, and every later use (the feature
+        # cache, its key, the final model) reads that file: the key hashes the very weights used.
         path = out / "backbone.weights.h5"
         if not path.is_file():
             import keras
 
-            pre = out / "pretrain"
-            if verbose:
-                print(f"Pretraining the {cfg.backbone} backbone for {cfg.pretrain_epochs} epochs (Handcrafted 2 heads, "
-                      "training split) before freezing it")
-            if (pre / "checkpoints").is_dir() and not (pre / "model.keras").is_file():
-                train_run(tcfg.copy(approach="hc2", epochs=cfg.pretrain_epochs, out=str(pre)), resume=True,
-                          verbose=2 if verbose else 0)
-            elif not (pre / "model.keras").is_file():
-                train_run(tcfg.copy(approach="hc2", epochs=cfg.pretrain_epochs, out=str(pre)),
-                          verbose=2 if verbose else 0)
-            model = load_models(pre)["model"]
-            last = backbone_layers(model, ds.tasks)[-1]
-            save_backbone_weights(keras.Model(model.input, last.output), path)
+            from icao_mtl.backbones import build_backbone
+
+            if cfg.pretrain_epochs:
+                pre = out / "pretrain"
+                if verbose:
+                    print(f"Pretraining the {cfg.backbone} backbone for {cfg.pretrain_epochs} epochs (Handcrafted 2 "
+                          "heads, training split) before freezing it")
+                if not (pre / "model.keras").is_file():
+                    train_run(tcfg.copy(approach="hc2", epochs=cfg.pretrain_epochs, out=str(pre)),
+                              resume=(pre / "status.json").is_file(), verbose=2 if verbose else 0)
+                model = load_models(pre)["model"]
+                last = backbone_layers(model, ds.tasks)[-1]
+                save_backbone_weights(keras.Model(model.input, last.output), path)
+            else:  # a random backbone, from the run's seed
+                keras.utils.set_random_seed(cfg.seed)
+                size = tcfg.model_config().resolved_size()
+                _, backbone = build_backbone(cfg.backbone, keras.Input((size, size, 3)), weights="none",
+                                             alpha=cfg.alpha)
+                save_backbone_weights(backbone, path)
         weights = str(path)
     size = tcfg.model_config().resolved_size()
     features = load_or_build(cfg.cache_dir or out / "feature_cache", splits, backbone=cfg.backbone, weights=weights,
@@ -316,6 +325,8 @@ def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
     else:
         ds, splits, weights, features = _prepare(cfg, out, verbose)
         aio.write_json(out / "prepared.json", {"weights": weights, "features": str(features.path)})
+    if chief_or_single:
+        write_status(out, "running", stage="search")
     groups = {g: m for g, m in splits.train.groups.items()}
     space = BranchDepthSpace(tuple(groups), tuple(range(1, cfg.max_depth + 1)))
     oracle = make_oracle(cfg, space)
@@ -323,10 +334,17 @@ def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
     tuner = _tuner_class()(oracle, _Context(cfg, space, splits, features, out), directory=str(out),
                            project_name="tuner", overwrite=False)
     start = time.perf_counter()
-    tuner.search(verbose=0)
-    if _is_worker():
-        return SearchResult(out, None)
-    return _finish(cfg, out, space, splits, weights, features, oracle, time.perf_counter() - start)
+    try:
+        tuner.search(verbose=0)
+        if _is_worker():
+            return SearchResult(out, None)
+        result = _finish(cfg, out, space, splits, weights, features, oracle, time.perf_counter() - start)
+    except BaseException as exc:  # a kill or an error: said in the directory; --resume continues
+        if chief_or_single:
+            write_status(out, "interrupted", error=f"{type(exc).__name__}: {exc}")
+        raise
+    write_status(out, "finished", best_config=list(result.best_config), stop_reason=result.stop_reason)
+    return result
 
 
 def _trial_records(out: Path) -> list:
@@ -339,7 +357,7 @@ def _finish(cfg, out, space, splits, weights, features, oracle, seconds):
     import keras
 
     from icao_mtl.architectures import build_model
-    from icao_mtl.runs import evaluate_run, make_pipelines, save_model
+    from icao_mtl.runs import finish_run_dir, make_pipelines, start_run_dir
 
     from .heads import copy_grouped_to_full
 
@@ -366,19 +384,16 @@ def _finish(cfg, out, space, splits, weights, features, oracle, seconds):
     final = out / "final"
     tcfg = cfg.train_config(approach="nas", nas_config=list(best_config), weights=weights, freeze_backbone=True,
                             epochs=cfg.final_epochs, out=str(final))
+    start_run_dir(final, tcfg.to_dict(), splits)
     keras.utils.set_random_seed(cfg.seed)
     head = head_model(best_config, features.dim, splits.train.tasks, splits.train.groups)
     engine, history = train_head(head, features, splits, epochs=cfg.final_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                 seed=cfg.seed, run_dir=final / "head", verbose=2 if cfg.verbose else 0)
+                                 seed=cfg.seed, run_dir=final / "head", verbose=2 if cfg.verbose else 0, resume=True)
     full = build_model(tcfg.model_config(), splits.train.tasks, splits.train.groups)
     copy_grouped_to_full(head, full, best_config, splits.train.tasks, splits.train.groups)
     full.trainable = False
-    final.mkdir(parents=True, exist_ok=True)
-    aio.write_json(final / "config.json", tcfg.to_dict())
-    aio.write_json(final / "history.json", {"nas": history})
-    save_model(full, final / "model.keras")
-    result = evaluate_run(final, tcfg, {"model": full}, make_pipelines(tcfg, splits), splits,
-                          histories={"nas": history}, verbose=cfg.verbose)
+    result = finish_run_dir(final, tcfg, {"model": full}, make_pipelines(tcfg, splits), splits, {"nas": history},
+                            verbose=cfg.verbose)
     test = result.metrics["test"]
     row.update(eer_mean=test["eer_mean"], eer_std=test["eer_std"], eer_median=test["eer_median"])
     aio.write_json(out / "result.json", row)
