@@ -193,6 +193,12 @@ def hc3_head(features, tasks, groups, cfg: ModelConfig):
     x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"{HEAD_PREFIX}shared_pool")(x)
     rows, cols, ch = (int(v) for v in x.shape[1:])
     n_groups = len(grouped)
+    if n_groups > len(HC3_GROUP_CONVS):
+        raise ConfigError(
+            f"Handcrafted 3 has the paper's settings for {len(HC3_GROUP_CONVS)} task groups (convolutions "
+            f"{HC3_GROUP_CONVS}, dense layers {HC3_TASK_DENSES}); these tasks fall into {n_groups}: "
+            f"{', '.join(grouped)}. Fix: group the tasks into at most {len(HC3_GROUP_CONVS)} groups (meta.json of the "
+            "dataset; tasks outside every group form 'other'), or use --approach hc2 or nas.")
     if rows < n_groups:
         raise ConfigError(
             f"Handcrafted 3 gives each of the {n_groups} task groups one row band of the pooled feature map, but "
@@ -204,12 +210,12 @@ def hc3_head(features, tasks, groups, cfg: ModelConfig):
         band = keras.layers.Cropping2D(((top, rows - bottom), (0, 0)), name=f"{HEAD_PREFIX}{name}_band")(x)
         length = (bottom - top) * cols * ch
         b = keras.layers.Reshape((1, length // 32, 32), name=f"{HEAD_PREFIX}{name}_reshape")(band)
-        for j in range(HC3_GROUP_CONVS[g % len(HC3_GROUP_CONVS)]):
+        for j in range(HC3_GROUP_CONVS[g]):
             b = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"{HEAD_PREFIX}{name}_conv_{j + 1}")(b)
         b = keras.layers.MaxPooling2D(2, strides=2, padding="same", name=f"{HEAD_PREFIX}{name}_pool")(b)
         for t in members:
             f = keras.layers.Flatten(name=f"{HEAD_PREFIX}{t}_flatten")(b)
-            out[t] = _dense_branch(f, t, HC3_TASK_DENSES[g % len(HC3_TASK_DENSES)])
+            out[t] = _dense_branch(f, t, HC3_TASK_DENSES[g])
     return {t: out[t] for t in tasks}
 
 

@@ -72,6 +72,8 @@ class _SpaceOracle(keras_tuner.Oracle):
         super().__init__(objective=objective or keras_tuner.Objective("val_eer_mean", "min"), max_trials=max_trials,
                          hyperparameters=space.hyperparameters(), allow_new_entries=False, tune_new_entries=False,
                          seed=seed, **kwargs)
+        # keras-tuner draws a random seed for seed=0 (``seed or random.randint(...)``): seed 0 is a seed here
+        self.seed = self._seed_state = int(seed)
         self.space = space
         self.reward = reward
         self.history: list = []  # [config (list), reward] per completed trial, in end order
@@ -389,15 +391,16 @@ class ReinforceOracle(_PolicyOracle):
 
     def get_state(self):
         state = super().get_state()
-        state.update(rng=self._rng.bit_generator.state,
+        state.update(rng=self._rng.bit_generator.state, reward_var=self.reward_var,
                      hyper=dict(units=self.units, learning_rate=self.learning_rate, baseline_decay=self.baseline_decay,
-                                entropy_weight=self.entropy_weight, updates=self.updates))
+                                entropy_weight=self.entropy_weight, updates=self.updates, normalize=self.normalize))
         return state
 
     def set_state(self, state):
         super().set_state(state)
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
+        self.reward_var = state.get("reward_var")
 
 
 # ---------------------------------------------------------------------------------------------------

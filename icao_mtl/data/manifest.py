@@ -380,16 +380,17 @@ def _resolve_image(root: Path, name: str) -> str:
 
 
 def _check_one(path: str) -> str | None:
-    from PIL import Image, ImageFile
+    """Decode one image with the decoder training uses (TensorFlow's, as the pipelines do): a file that
+    another library opens but TensorFlow cannot (a TIFF named .jpg, a truncated JPEG) is reported here,
+    not in the middle of the first epoch."""
+    import tensorflow as tf
 
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.width < 1 or im.height < 1:
-                return "empty image"
-    except Exception as exc:  # PIL raises many types for bad files; each becomes a reported problem
-        return f"{type(exc).__name__}: {exc}"
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False)
+        if img.shape[0] < 1 or img.shape[1] < 1:
+            return "empty image"
+    except (tf.errors.OpError, ValueError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return None
 
 
