@@ -47,6 +47,7 @@ def test_reads_a_valid_dataset_and_summarises(tmp_path):
     ("corrupt", r"(?s)cannot be decoded.*002.png"),
     ("truncated", r"(?s)cannot be decoded.*003.png"),
     ("bad_ext", r"(?s)unsupported type.*'000.tif'"),
+    ("tiff_named_jpg", r"(?s)cannot be decoded.*001.jpg"),  # PIL opens it; TensorFlow, which trains, cannot
     ("bad_split", r"split column 'split' are not train / val / test"),
 ])
 def test_bad_input_gives_an_error_naming_the_place_and_the_fix(tmp_path, case, match):
@@ -88,6 +89,10 @@ def test_bad_input_gives_an_error_naming_the_place_and_the_fix(tmp_path, case, m
         (root / "images/003.png").write_bytes(full[: len(full) // 2])
     elif case == "bad_ext":
         _make(root, rows, ext="tif")
+    elif case == "tiff_named_jpg":
+        _make(root, rows, ext="jpg")
+        ok, tiff = cv2.imencode(".tif", np.zeros((20, 24, 3), np.uint8))
+        (root / "images/001.jpg").write_bytes(tiff.tobytes())
     elif case == "bad_split":
         _make(root, [f"{i:03d}.png," + ",".join(["1"] * 23) + ",training2" for i in range(3)],
               header="image," + ",".join(IDS) + ",split")

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from icao_mtl.errors import CollapsedModelError, ConfigError, NonFiniteLossError
 from icao_mtl.losses import MaskedMultiTaskLoss
-from icao_mtl.training import (Engine, Pass, Phase, Step, VariableGroup, optimizer_factory, reset_optimizer)
+from icao_mtl.training import Engine, Pass, Phase, Step, VariableGroup, optimizer_factory
 
 
 class Interrupt(Exception):
@@ -524,15 +524,6 @@ def test_losses_see_the_step_context_and_every_scalar_they_return_is_logged(tmp_
     acc = EventAccumulator(str(next((tmp_path / "tensorboard").glob("events*"))))
     acc.Reload()
     assert {"noise", "progress", "loss"} <= set(acc.Tags()["tensors"])
-
-
-def test_reset_optimizer_zeroes_state_and_keeps_the_learning_rate():
-    v = tf.Variable([1.0, 2.0])
-    opt = keras.optimizers.Adam(0.01)
-    opt.build([v])
-    opt.apply([tf.constant([0.5, -0.5])], [v])
-    reset_optimizer(opt)
-    assert int(opt.iterations) == 0 and float(opt.learning_rate) == pytest.approx(0.01)
 
 
 def test_a_checkpoint_of_another_engine_version_is_refused_with_a_fix(tmp_path):

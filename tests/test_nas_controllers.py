@@ -144,3 +144,27 @@ def test_reference_controller_has_zero_gradient_and_only_65_reachable_configs(tm
             assert np.abs(a - b).max() <= 3.5e-4 * 12 + 1e-7
         assert set(proposed) <= set(reach)
         assert proposed[1:] == [(2, 2, 2, 2)] * 11  # and proposes one architecture again and again
+
+
+def test_seed_zero_is_a_seed(tmp_path):
+    """keras-tuner replaces seed 0 by a random one (``seed or random.randint``): our oracles keep it, so
+    the default search (--seed 0) proposes the same configurations every time."""
+    runs = [drive(RandomOracle(SPACE, max_trials=6, seed=0), tmp_path / f"r{i}", 6) for i in range(2)]
+    assert runs[0] == runs[1] and RandomOracle(SPACE, seed=0).seed == 0
+    pol = [drive(ReinforceOracle(SPACE, max_trials=4, seed=0), tmp_path / f"p{i}", 4) for i in range(2)]
+    assert pol[0] == pol[1]
+
+
+def test_reinforce_saves_its_reward_variance_so_a_resumed_normalised_search_goes_on_the_same(tmp_path):
+    full = ReinforceOracle(SPACE, max_trials=12, seed=3, normalize=True)
+    seq = drive(full, tmp_path / "a", 12)
+    first = ReinforceOracle(SPACE, max_trials=12, seed=3, normalize=True)
+    drive(first, tmp_path / "b", 6)
+    state = first.get_state()
+    assert state["reward_var"] is not None and state["reward_var"] == first.reward_var
+    again = ReinforceOracle(SPACE, max_trials=12, seed=3, normalize=True)
+    again._set_project_dir(str(tmp_path / "b"), "search")
+    again.reload()
+    assert again.reward_var == pytest.approx(first.reward_var)
+    rest = drive(again, tmp_path / "b", 6)
+    assert seq[6:] == rest

@@ -87,6 +87,12 @@ def test_hc2_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
                                tmp_path / "cut", ["step:1:7"])
     assert "Resuming after epoch 1" in out
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    # --resume with another configuration is refused, naming the difference
+    args = _train_args(tiny_set, "--approach", "hc2")
+    args[args.index("--epochs") + 1] = "7"
+    other = subprocess.run([sys.executable, "-m", "icao_mtl.train", *args, "--out", str(tmp_path / "cut"), "--resume"],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert other.returncode == 2 and "epochs: 3 in the run, 7 now" in other.stderr
 
 
 def test_hc1_dropout_and_a_finetune_boundary_resume_exactly(tiny_set, tmp_path):

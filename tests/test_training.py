@@ -1,11 +1,9 @@
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -142,6 +140,7 @@ def test_keras_callbacks_can_stop_training():
 
 
 def test_selects_the_best_epoch_on_validation_and_restores_it():
+    keras.utils.set_random_seed(0)
     x, y = _tiny_data(64)
     eng = Engine(_tiny_model(), ("a", "b"), optimizer=lambda: keras.optimizers.Adam(3e-2), monitor="val_loss",
                  verbose=0)
@@ -203,51 +202,6 @@ def test_multi_worker_strategy_with_two_cpu_workers_on_localhost():
     assert [r["chief"] for r in results] == [True, False] and results[0]["replicas"] == 2
     assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)  # workers stay in sync
     assert results[0]["checksum"] == pytest.approx(single["checksum"], rel=1e-4)  # and equal one device
-
-
-def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
-    from icao_mtl.synth import SynthConfig, generate
-
-    data = generate(tmp_path / "d", SynthConfig(n=240, size=64, seed=1), progress=False)
-    env = {**os.environ, "TF_DETERMINISTIC_OPS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    args = [sys.executable, "-m", "icao_mtl.train", "--data", str(data), "--img-size", "64", "--epochs", "5",
-            "--batch-size", "16", "--quiet", "--check-images", "none"]
-    full = subprocess.run(args + ["--out", str(tmp_path / "full")], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert full.returncode == 0, full.stderr[-2000:]
-    # The same command, killed with SIGKILL after its second epoch, then resumed.
-    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = tmp_path / "cut" / "checkpoints" / "last.npz"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if last.is_file():
-            try:
-                with np.load(last) as f:
-                    if json.loads(f["state"].tobytes())["epoch"] >= 2:
-                        break
-            except (OSError, ValueError, KeyError):
-                pass
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "cut" / "metrics.json").exists()
-    resumed = subprocess.run(args + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
-                             env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming after epoch" in resumed.stdout
-    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert b["test"]["eer_mean"] == pytest.approx(a["test"]["eer_mean"], abs=2e-3)
-    ha = json.loads((tmp_path / "full" / "history.json").read_text())["hc2"]
-    hb = json.loads((tmp_path / "cut" / "history.json").read_text())["hc2"]
-    assert len(hb) == 5
-    np.testing.assert_allclose([h["val_loss"] for h in hb], [h["val_loss"] for h in ha], rtol=1e-3)
-    # --resume with another configuration is refused, naming the difference
-    changed = [("7" if a == "5" and args[i - 1] == "--epochs" else a) for i, a in enumerate(args)]
-    other = subprocess.run(changed + ["--out", str(tmp_path / "cut"), "--resume"],
-                           capture_output=True, text=True, env=env, timeout=300)
-    assert other.returncode == 2 and "epochs: 5 in the run, 7 now" in other.stderr
 
 
 def test_float16_mixed_precision_uses_loss_scaling():
