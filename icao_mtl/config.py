@@ -96,6 +96,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        if "split_seed" not in d and "seed" in d:  # written before the split had its own seed: it used --seed
+            d = {**d, "split_seed": d["seed"]}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"Unknown configuration keys {unknown}. Fix: remove them; valid keys are "

@@ -145,22 +145,39 @@ def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_pat
     assert [r["config"] for r in recs[1]] == [r["config"] for r in recs[0]]
     np.testing.assert_allclose([r["metrics"]["val_eer_mean"] for r in recs[1]],
                                [r["metrics"]["val_eer_mean"] for r in recs[0]], atol=1e-9)
+    assert len({r["trial_id"] for r in recs[1]}) == 4  # every trial once: the finished ones were not rerun
+    assert len({tuple(r["config"]) for r in recs[1]}) == 4  # REINFORCE never trains a configuration twice
     ra = json.loads((tmp_path / "full" / "result.json").read_text())
     rb = json.loads((tmp_path / "cut" / "result.json").read_text())
     assert rb["best_config"] == ra["best_config"] and rb["eer_mean"] == pytest.approx(ra["eer_mean"], abs=1e-9)
     _assert_same_run(tmp_path / "full" / "final", tmp_path / "cut" / "final")
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "finished"
+    assert (tmp_path / "cut" / "final" / "split.csv").is_file()
+    # --resume against another search is refused, naming the difference
+    other = [*args, "--out", str(tmp_path / "cut"), "--resume"]
+    other[other.index("reinforce")] = "random"
+    done = subprocess.run([sys.executable, "-m", "nas.search", *other], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "controller: 'reinforce' there, 'random' now" in done.stderr
 
 
 def test_bmtas_search_killed_at_the_warmup_boundary_and_in_the_search_resumes_exactly(tiny_set, tmp_path):
+    """Killed right after the warm-up's checkpoint (the search phase's setup and first optimisers not
+    made yet), then in the middle of a search epoch; the retraining resumes as any run does (above)."""
     args = ["--data", str(tiny_set), "--img-size", "32", "--batch-size", "16", "--quiet", "--epochs", "4",
-            "--warmup", "1", "--arch-fraction", "0.4", "--arch-lr", "0.5", "--retrain-epochs", "2",
+            "--warmup", "1", "--arch-fraction", "0.4", "--arch-lr", "0.5", "--retrain-epochs", "0",
             "--lambda", "0.5"]
     _run_killed_and_full("nas.branching", args, tmp_path / "full", tmp_path / "cut", ["phase:1:warmup", "step:1:9"])
     a, b = tmp_path / "full" / "lambda_0.5", tmp_path / "cut" / "lambda_0.5"
+    with np.load(a / "search" / "checkpoints" / "last.npz") as fa, np.load(b / "search" / "checkpoints" / "last.npz") as fb:
+        assert sorted(fa.files) == sorted(fb.files)
+        for k in fa.files:
+            if k != "state":
+                np.testing.assert_allclose(fb[k], fa[k], rtol=1e-5, atol=1e-6, err_msg=k)
     sa, sb = json.loads((a / "structure.json").read_text()), json.loads((b / "structure.json").read_text())
     assert sb["config"] == sa["config"]
     np.testing.assert_allclose(sb["probabilities"], sa["probabilities"], atol=1e-6)
     ta, tb = json.loads((a / "trace.json").read_text()), json.loads((b / "trace.json").read_text())
     assert [e["epoch"] for e in tb] == [e["epoch"] for e in ta]
     np.testing.assert_allclose([e["expected_cost"] for e in tb], [e["expected_cost"] for e in ta], rtol=1e-6)
-    _assert_same_run(a / "branched", b / "branched")
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "finished"
