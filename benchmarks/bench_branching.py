@@ -5,7 +5,7 @@
    the supergraph's warm-up (4 unit steps, one-hot routes), of its weight pass and of its architecture
    pass (4 unit forwards with Gumbel mixtures over K copies; a search epoch = the architecture pass over
    a quarter as many batches + the weight pass), for K = 4 (the method: K = units) and 2.
-2. The search's wall time on the default dataset, read from a finished ``python -m nas.branching`` run
+2. The search's wall time on the default dataset, read from a finished ``python -m nas.bmtas`` run
    (``--search-run DIR``; its per-epoch seconds are in each ``lambda_*/trace.json``).
 3. Inference cost of the retrained branched networks against Shared and Single (one trunk per unit):
    measured MAdds, parameters and latency (batch 32, ms per image, median of 5).
@@ -37,7 +37,7 @@ def _data(tasks, n_batches):
 
 def _setup():
     from icao_mtl.requisites import GROUPS, IDS
-    from nas.branching import make_units
+    from nas.bmtas import make_units
 
     tasks = list(IDS)
     names, units = make_units(tasks, GROUPS, "groups")
@@ -49,8 +49,8 @@ def step_times() -> dict:
     import numpy as np
 
     from icao_mtl.training import Engine, Phase, optimizer_factory
-    from nas.blocks import layout
-    from nas.branching import Supergraph, build_branched, resource_cost, search_groups, search_phases
+    from nas.common.blocks import layout
+    from nas.bmtas import Supergraph, build_branched, resource_cost, search_groups, search_phases
 
     tasks, names, units = _setup()
     spec = layout("small_cnn", "fine")
@@ -96,9 +96,10 @@ def inference_costs(structures: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from nas.blocks import layout, measure_madds
-    from nas.branching import build_branched
-    from nas.partitions import branch_groups
+    from nas.common.blocks import layout
+    from nas.common.madds import measure_madds
+    from nas.bmtas import build_branched
+    from nas.bmtas.partitions import branch_groups
 
     tasks, names, units = _setup()
     spec = layout("small_cnn", "fine")
@@ -124,7 +125,7 @@ def main() -> None:
     import numpy as np
 
     p = argparse.ArgumentParser()
-    p.add_argument("--search-run", default=None, help="a finished python -m nas.branching run on the default set")
+    p.add_argument("--search-run", default=None, help="a finished python -m nas.bmtas run on the default set")
     args = p.parse_args()
     result = {"settings": {"backbone": "small_cnn", "image_size": SIZE, "batch": BATCH, "units": 4,
                            "tasks": 23}}

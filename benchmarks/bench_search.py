@@ -25,8 +25,8 @@ from _common import RESULTS, write
 def _searches(base: Path, trials: int, seeds: int, weights: str, cache: Path):
     import keras_tuner
 
-    from nas import search as S
-    from nas.space import BranchDepthSpace
+    from nas.depth import search as S
+    from nas.depth.space import BranchDepthSpace
 
     curves, results = {}, []
     cfg0 = S.SearchConfig(trials=trials, child_epochs=1, final_epochs=0, weights=weights, cache_dir=str(cache),
@@ -77,9 +77,9 @@ def _cached_vs_images(backbone, size, weights, n_images=None):
     from icao_mtl.backbones import set_backbone_trainable
     from icao_mtl.losses import MaskedMultiTaskLoss
     from icao_mtl.training import Engine, Phase
-    from nas import search as S
-    from nas.features import load_or_build
-    from nas.heads import copy_full_to_grouped
+    from nas.depth import search as S
+    from nas.depth.features import load_or_build
+    from nas.depth.heads import copy_full_to_grouped
 
     ds = data.load(None, check_images="exists")
     if n_images:
@@ -138,12 +138,12 @@ def main():
                         help="images for the MobileNetV2 timing (default: the whole default set)")
     args = parser.parse_args()
     from icao_mtl import data
-    from nas import search as S
+    from nas.depth import search as S
 
     work = Path(os.environ.get("ICAO_MTL_BENCH_DIR") or tempfile.mkdtemp())
     work.mkdir(parents=True, exist_ok=True)
     data.resolve(None)  # the default synthetic set
-    # The frozen backbone: the small CNN pretrained 8 epochs (as `nas.search` does offline).
+    # The frozen backbone: the small CNN pretrained 8 epochs (as `nas.depth` does offline).
     pre = S.SearchConfig(trials=1, final_epochs=0, verbose=1, out=str(work / "prepare"), cache_dir=str(work / "cache"))
     t = time.perf_counter()
     out = work / "prepare"
@@ -166,7 +166,7 @@ def main():
         curves, runs = _searches(work, args.trials, args.seeds, weights, work / "cache")
         results["controllers"] = runs
         results["curves"] = curves
-        from nas.search import plot_best_so_far
+        from nas.depth.search import plot_best_so_far
 
         plot_best_so_far({k: v for k, v in curves.items()}, RESULTS / "bench_search.png")
     write("bench_search", {"trials": args.trials, "seeds": args.seeds, **results})

@@ -40,7 +40,7 @@ def split_dataset_of_run(run_dir: Path, cfg, split: str):
                    synth_size=cfg.synth_size, progress=False)
     if not (run_dir / "split.csv").is_file():
         raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
-                          "directory written by python -m icao_mtl.train, nas.search or nas.branching.")
+                          "directory written by python -m icao_mtl.train, nas.depth or nas.bmtas.")
     table = pd.read_csv(run_dir / "split.csv")
     names = table.loc[table["split"] == split, "image"].tolist()
     index = {n: i for i, n in enumerate(ds.names)}

@@ -68,7 +68,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -1149,6 +1149,15 @@ class Engine:
             if bar is not None or self._batch_callbacks or len(pending) >= 32:
                 self._drain(pending, phase, sums, bar, done, first_label)
         self._drain(pending, phase, sums, bar, done, first_label)
+        for name, iterator in iterators.items():
+            if lengths[name] is not None and consumed[name] >= lengths[name] and not self._continuing(pas, name):
+                # Let the pipeline see its end: dropping an iterator with a request still in flight waits
+                # for its cancellation (seen: up to 1.2 s a pass, with augmentation on 2 cores).
+                iterator.get_next_as_optional()
+
+    @staticmethod
+    def _continuing(pas: Pass, name: str) -> bool:
+        return any(s.continuing for s in pas.steps if s.data == name)
 
     def _restart(self, name: str, source):
         """A continuing stream ran out: its next cycle (a new shuffle) from the start."""

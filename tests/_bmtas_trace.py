@@ -32,8 +32,8 @@ def search_trace(epochs: int = 4, warmup: int = 1, lam: float = 0.5) -> list[dic
     import numpy as np
     import tensorflow as tf
 
-    from nas.blocks import layout
-    from nas.branching import Supergraph, resource_cost, search_groups, search_phases
+    from nas.common.blocks import layout
+    from nas.bmtas import Supergraph, resource_cost, search_groups, search_phases
     from icao_mtl.training import Engine
 
     tasks, x, y = arrays(48, 32, 0)

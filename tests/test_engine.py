@@ -421,7 +421,6 @@ def test_image_pipeline_rows_are_the_whole_passes_images_with_their_augmentation
 
 
 def _batches_of_ids(pipe, epoch):
-    import tensorflow as tf
 
     ds = pipe.base().shuffle(len(pipe.ds), seed=pipe.seed * 100003 + epoch, reshuffle_each_iteration=False)
     return [idx.numpy() for idx, _ in ds.batch(pipe.batch_size)]

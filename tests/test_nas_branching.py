@@ -4,17 +4,17 @@ branching_bmtas.md §8.8 items 10-13; items 1-9 are in test_nas_partitions.py)."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from nas.blocks import layout, madds_table, measure_madds
-from nas.branching import (BranchingConfig, Supergraph, branch_name, build_branched, main, make_units, run,
+from nas.common.blocks import layout, madds_table
+from nas.common.madds import measure_madds
+from nas.bmtas import (BranchingConfig, Supergraph, branch_name, build_branched, main, make_units, run,
                            structure, transplant)
-from nas.partitions import branch_groups
+from nas.bmtas.partitions import branch_groups
 
 # spec §8.2: analytic MAdds of one copy of each MobileNetV2 layer at 224x224, in millions
 MBV2_224 = [10.04, 29.20, 25.74, 15.47, 10.99, 10.99, 7.56, 10.31, 10.31, 10.31, 12.72, 22.69, 22.69, 15.61, 15.48,
@@ -229,7 +229,7 @@ def test_large_lambda_collapses_to_full_sharing(synth_small, tmp_path):
 def test_resume_continues_with_the_recorded_options(tmp_path, monkeypatch):
     """``--resume --out DIR`` alone continues a run with its own options (lambdas and baselines
     included); options written again override the requested ones and must match the search's."""
-    import nas.branching as B
+    import nas.bmtas.command as B
 
     out = tmp_path / "run"
     out.mkdir()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from icao_mtl.errors import ConfigError
-from nas.controllers import RandomOracle, ReferenceOracle, ReinforceOracle, reachable_configs
-from nas.space import BranchDepthSpace
+from nas.depth.controllers import RandomOracle, ReferenceOracle, ReinforceOracle, reachable_configs
+from nas.depth.space import BranchDepthSpace
 
 SPACE = BranchDepthSpace.paper()
 BEST = (4, 2, 5, 1)

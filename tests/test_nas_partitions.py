@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nas import partitions as P
+from nas.bmtas import partitions as P
 
 # the worked example of spec §4.8: alpha = log p, costs (1, 2)
 EXAMPLE_P = np.array([[[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]],

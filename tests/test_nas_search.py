@@ -11,9 +11,9 @@ import pytest
 from icao_mtl import data
 from icao_mtl.backbones import build_backbone, save_backbone_weights, set_backbone_trainable
 from icao_mtl.synth import SynthConfig, generate
-from nas import search as nas_search
-from nas.features import FeaturePipeline, load_or_build
-from nas.heads import copy_full_to_grouped, copy_grouped_to_full, grouped_head, parameters
+from nas.depth import search as nas_search
+from nas.depth.features import FeaturePipeline, load_or_build
+from nas.depth.heads import copy_full_to_grouped, copy_grouped_to_full, grouped_head, parameters
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_distributed_search_with_a_chief_and_two_workers(small, tmp_path):
     _, ds_dir, _, weights = small
     out = tmp_path / "dist"
     port = str(_free_port())
-    args = [sys.executable, "-m", "nas.search", *_args(ds_dir, out, "--controller", "random", "--trials", "6",
+    args = [sys.executable, "-m", "nas.depth", *_args(ds_dir, out, "--controller", "random", "--trials", "6",
                                                         weights=weights, cache=tmp_path / "cache", final=0)]
     base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERASTUNER_ORACLE_IP": "127.0.0.1",
             "KERASTUNER_ORACLE_PORT": port}

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nas.supergraph import MixedOp
+from nas.bmtas.supergraph import MixedOp
 
 
 def _model(copies=3):

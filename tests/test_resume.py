@@ -139,7 +139,7 @@ def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_pat
             "--trials", "4", "--child-epochs", "1", "--final-epochs", "2", "--pretrain-epochs", "1", "--views", "1",
             "--max-depth", "2"]
     # engine 1 pretrains the backbone; engines 2-5 are the trials: killed inside the third trial
-    _run_killed_and_full("nas.search", args, tmp_path / "full", tmp_path / "cut", ["step:4:2"])
+    _run_killed_and_full("nas.depth", args, tmp_path / "full", tmp_path / "cut", ["step:4:2"])
     recs = [sorted((json.loads(p.read_text()) for p in (d / "trials").glob("*.json")), key=lambda r: int(r["trial_id"]))
             for d in (tmp_path / "full", tmp_path / "cut")]
     assert [r["config"] for r in recs[1]] == [r["config"] for r in recs[0]]
@@ -156,7 +156,7 @@ def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_pat
     # --resume against another search is refused, naming the difference
     other = [*args, "--out", str(tmp_path / "cut"), "--resume"]
     other[other.index("reinforce")] = "random"
-    done = subprocess.run([sys.executable, "-m", "nas.search", *other], env=ENV, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "nas.depth", *other], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and "controller: 'reinforce' there, 'random' now" in done.stderr
 
@@ -167,7 +167,7 @@ def test_bmtas_search_killed_at_the_warmup_boundary_and_in_the_search_resumes_ex
     args = ["--data", str(tiny_set), "--img-size", "32", "--batch-size", "16", "--quiet", "--epochs", "4",
             "--warmup", "1", "--arch-fraction", "0.4", "--arch-lr", "0.5", "--retrain-epochs", "0",
             "--lambda", "0.5"]
-    _run_killed_and_full("nas.branching", args, tmp_path / "full", tmp_path / "cut", ["phase:1:warmup", "step:1:9"])
+    _run_killed_and_full("nas.bmtas", args, tmp_path / "full", tmp_path / "cut", ["phase:1:warmup", "step:1:9"])
     a, b = tmp_path / "full" / "lambda_0.5", tmp_path / "cut" / "lambda_0.5"
     with np.load(a / "search" / "checkpoints" / "last.npz") as fa, np.load(b / "search" / "checkpoints" / "last.npz") as fb:
         assert sorted(fa.files) == sorted(fb.files)

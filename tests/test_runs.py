@@ -59,8 +59,8 @@ def test_every_saved_model_loads_in_a_fresh_python_with_one_import(tiny, tmp_pat
     preprocessing, the branched networks' blocks of nas) in a Python that imported nothing else."""
     import keras
 
-    from nas.blocks import layout
-    from nas.branching import build_branched
+    from nas.common.blocks import layout
+    from nas.bmtas import build_branched
 
     out = tmp_path / "hc2"
     assert train.main(["--data", str(tiny), "--tasks", "hat,veil", "--out", str(out), *FAST]) == 0

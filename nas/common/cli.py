@@ -110,14 +110,16 @@ def build_parser(cls, *, prog: str, doc: str, skip=()) -> argparse.ArgumentParse
     return parser
 
 
-def parse(cls, parser: argparse.ArgumentParser, argv, *, record: str | None = None):
+def parse(cls, parser: argparse.ArgumentParser, argv, *, record: str | None = None, ignore=()):
     """``(config, resume)`` from the command line. With ``--resume --out DIR`` and ``DIR/<record>`` (a
-    JSON of the recorded options), the options not written again take the recorded values."""
-    args = vars(parser.parse_args(argv))
+    JSON of the recorded options), the options not written again take the recorded values. ``ignore``:
+    options of the parser that are not fields."""
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if k not in ignore}
     resume = args.pop("resume", False)
     values = dataclasses.asdict(cls())
     if resume and record and args.get("out") and (Path(args["out"]) / record).is_file():
         recorded = aio.read_json(Path(args["out"]) / record)
+        recorded = {**recorded, **recorded.get("requested", {})}  # what the run was last asked for
         values.update({k: v for k, v in recorded.items() if k in values})
     values.update(args)
     return cls(**values), resume

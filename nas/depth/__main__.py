@@ -1,0 +1,5 @@
+import sys
+
+from .search import main
+
+sys.exit(main())
