@@ -248,8 +248,17 @@ def plot(entries: list[dict], path) -> None:
     _save(fig, path)
 
 
+def all_rows(out: Path) -> list[dict]:
+    """Every finished row of the comparison in ``out`` (earlier calls' methods and seeds included), in the
+    order STL, Handcrafted, then the method packages, seed by seed."""
+    order = {f: i for i, f in enumerate([*FAMILIES_OF_TRAIN, *sorted(method_hooks())])}
+    rows = [r for p in sorted((out / "rows").glob("*.json")) for r in aio.read_json(p)]
+    return sorted(rows, key=lambda r: (order.get(r["family"], len(order)), r["seed"]))
+
+
 def run(cfg: CompareConfig) -> dict:
-    """Run every row not yet done, then write comparison.json / .md / .png; returns the JSON content."""
+    """Run every row not yet done, then write comparison.json / .md / .png over every finished row of the
+    directory (earlier methods and seeds included); returns the JSON content."""
     cfg.validate()
     out = Path(cfg.out or "runs/comparison")
     out.mkdir(parents=True, exist_ok=True)
@@ -262,12 +271,12 @@ def run(cfg: CompareConfig) -> dict:
             raise ConfigError(f"{out} holds a comparison with other settings ({', '.join(diff)}). Fix: use the same "
                               "settings (methods and seeds may be added), or another --out.")
     aio.write_json(recorded, identity)
-    rows = []
     for family in cfg.methods:
         for seed in cfg.seeds:
             if cfg.verbose:
                 print(f"{family}, seed {seed} ...", flush=True)
-            rows += _family_rows(family, cfg, seed, out)
+            _family_rows(family, cfg, seed, out)
+    rows = all_rows(out)
     entries = summary(rows)
     result = {"config": asdict(cfg), "rows": rows, "summary": entries}
     aio.write_json(out / "comparison.json", result)

@@ -37,7 +37,7 @@ def comparison(tmp_path_factory):
 
 def test_every_method_gets_a_row_with_the_same_figures(comparison):
     out, first, _, _, _ = comparison
-    methods = {r["method"] for r in first["rows"]}
+    methods = {r["method"] for r in first["rows"]}  # the first call's rows
     assert methods == {"stl", "hc2", "depth-reinforce", "bmtas-λ=1", "bmtas-shared", "bmtas-single"}
     for r in first["rows"]:
         assert 0 <= r["test_eer_mean"] <= 1 and r["params"] > 0 and r["madds"] > 0, r
@@ -58,6 +58,7 @@ def test_the_comparison_resumes_and_adds_seeds(comparison):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*_seed0.json")} == stamp
     seeds = {(r["method"], r["seed"]) for r in second["rows"]}
     assert ("hc2", 1) in seeds and ("stl", 1) in seeds and ("bmtas-shared", 1) not in seeds
+    assert ("bmtas-shared", 0) in seeds  # the table covers every finished row, earlier calls' included
     hc2 = next(e for e in second["summary"] if e["method"] == "hc2")
     assert hc2["seeds"] == 2 and hc2["test_eer_mean_sd"] is not None
     with pytest.raises(Exception, match="other settings"):
