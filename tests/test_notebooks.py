@@ -59,3 +59,12 @@ def test_branching_search(tmp_path, monkeypatch):
     assert "| Shared | 1 1 1 1 |" in text and "| Single | 4 4 4 4 |" in text and "copies per layer:" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # tree, trace, Pareto plot
     assert (tmp_path / "runs" / "notebook_04" / "pareto.png").is_file()
+
+
+def test_dag_network(tmp_path, monkeypatch):
+    nb = run_notebook("05_dag_network.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "") for o in outputs)
+    assert "| task | read-in | read-out |" in text and "| final |" in text and "edges kept by some task" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the trace and three sub-networks

@@ -181,3 +181,14 @@ def test_bmtas_search_killed_at_the_warmup_boundary_and_in_the_search_resumes_ex
     assert [e["epoch"] for e in tb] == [e["epoch"] for e in ta]
     np.testing.assert_allclose([e["expected_cost"] for e in tb], [e["expected_cost"] for e in ta], rtol=1e-6)
     assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "finished"
+
+
+def test_dag_killed_at_the_search_boundary_and_in_the_finetuning_resumes_exactly(tiny_set, tmp_path):
+    """Killed right after the search's checkpoint (the masks written, the rewind and the binary mode not
+    yet done), then in the middle of a fine-tuning epoch."""
+    args = ["--data", str(tiny_set), "--img-size", "32", "--batch-size", "16", "--quiet", "--N", "4", "--M", "2",
+            "--width", "8", "--warmup-epochs", "1", "--search-epochs", "2", "--finetune-epochs", "2"]
+    _run_killed_and_full("nas.dag", args, tmp_path / "full", tmp_path / "cut", ["phase:1:search", "step:1:18"])
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    for f in ("topology.json", "reduction.json"):
+        assert json.loads((tmp_path / "cut" / f).read_text()) == json.loads((tmp_path / "full" / f).read_text()), f
