@@ -20,8 +20,8 @@ Outputs (``--out``): the run-directory files of ``python -m icao_mtl.train`` for
 ``dag.json`` (the options), ``trace.json`` / ``trace.png`` (every epoch of the three stages: losses,
 squeeze term, gates), ``reduction.json`` (Algorithm 1's sub-networks), ``topology.json`` /
 ``topology.md`` (per task: adjacency, depth, width, sparsity) with a drawing per task in ``tasks/``,
-``params.json`` (parameters, MAdds and CPU latency of the final, searched and shared-bottom networks;
-parameters relative to the shared bottom = 1.00) and, with ``--single RUN_DIR`` (a single-task run on
+``params.json`` (parameters, MAdds and CPU latency of the final and searched networks, the shared
+bottom and K single-task chains; parameters relative to the shared bottom = 1.00) and, with ``--single RUN_DIR`` (a single-task run on
 the same split), ``relative_performance.json`` (Delta_T of eqs. 10-11 on the EER).
 """
 
@@ -144,15 +144,25 @@ def _latency(model, size: int, batch: int = 32, repeats: int = 10) -> float:
     return float(np.median(times)) / batch * 1000
 
 
-def accounting(final, full, shared, size: int) -> dict:
-    """Parameters, MAdds and CPU latency (ms per image, batch 32) of the final, the searched (every edge)
-    and the shared-bottom networks; parameters relative to the shared bottom."""
+def accounting(final, full, spec: DagSpec, tasks) -> dict:
+    """Parameters, MAdds and CPU latency (ms per image, batch 32) of the final network, the searched one
+    (every edge), the shared bottom (the chain v_1 -> ... -> v_N computed once, one head per task) and K
+    single-task chains; parameters relative to the shared bottom (1.00, as the paper reports them)."""
     from ..common.madds import model_madds
 
+    one = build_network(spec, tasks[:1], subs={tasks[0]: chain(spec)}, name="dag_one_task_chain")
+    head = spec.width * 2 + 2
+    k = len(tasks)
     rows = {}
-    for name, model in (("final", final), ("searched", full), ("shared_bottom", shared)):
+    for name, model in (("final", final), ("searched", full)):
         rows[name] = {"params": _network_params(model), "madds": model_madds(model),
-                      "latency_ms_batch32": _latency(model, size)}
+                      "latency_ms_batch32": _latency(model, spec.image_size)}
+    trunk = {"params": _network_params(one), "madds": model_madds(one),
+             "latency_ms_batch32": _latency(one, spec.image_size)}
+    rows["shared_bottom"] = {"params": trunk["params"] + (k - 1) * head, "madds": trunk["madds"] + (k - 1) * head,
+                             "latency_ms_batch32": trunk["latency_ms_batch32"]}
+    rows["single_task"] = {"params": k * trunk["params"], "madds": k * trunk["madds"],
+                           "latency_ms_batch32": k * trunk["latency_ms_batch32"]}
     base = rows["shared_bottom"]["params"]
     for r in rows.values():
         r["params_relative"] = r["params"] / base
@@ -228,8 +238,7 @@ def run(cfg: DagConfig, *, resume: bool = False) -> DagResult:
         if (out / "reduction.json").is_file():
             raw = {t: _sub(spec.n, r["algorithm_1"]) for t, r in aio.read_json(out / "reduction.json").items()}
         rows = write_topology(out, subs, raw, spec.m)
-        shared = build_network(spec, tasks, subs={t: chain(spec) for t in tasks}, name="dag_shared_bottom")
-        params = accounting(final, full, shared, spec.image_size)
+        params = accounting(final, full, spec, tasks)
         params["searched_edges"] = len(edges(spec.n, spec.m)) if spec.n > 1 else 0
         params["final_edges"] = len(set().union(*(s.hidden for s in subs.values())))
         aio.write_json(out / "params.json", params)
