@@ -893,8 +893,8 @@ class Engine:
         start_phase, start_epoch, stopped = position
         self._callbacks = keras.callbacks.CallbackList(list(callbacks), model=_CallbackModel(self), add_history=False,
                                                        add_progbar=False)
-        self._batch_callbacks = any(_overrides(c, "on_train_batch_end") or _overrides(c, "on_batch_end")
-                                    for c in callbacks)
+        self._batch_callbacks = any(_overrides(c, name) for c in callbacks for name in (
+            "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
         self.model.stop_training = False
         if self.tensorboard:
             self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
@@ -1129,6 +1129,8 @@ class Engine:
                 iterators[s.data] = self._restart(s.data, data[s.data])
             for sch in per_step:
                 sch.variable.assign(sch.fn(e, done))
+            if self._batch_callbacks:
+                self._callbacks.on_train_batch_begin(consumed[s.data])
             try:
                 out = _call(fn, iterators[s.data])
             except tf.errors.OutOfRangeError:
