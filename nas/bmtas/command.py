@@ -215,18 +215,7 @@ def _run(cfg: BranchingConfig, resume: bool) -> BranchingResult:
 
     out = Path(cfg.out)
     record = out / "branching.json"
-    if record.is_file():
-        old = aio.read_json(record)
-        if not resume:
-            raise ConfigError(f"{out} already holds a BMTAS run. Fix: pass --resume to continue it (new lambdas are "
-                              "added), or choose another --out.")
-        diff = sorted(k for k, v in cfg.identity().items() if old.get(k) != v)
-        if diff:
-            raise ResumeError(f"{out} holds a run with other options ({', '.join(f'{k}: {old.get(k)!r} there, {cfg.identity()[k]!r} now' for k in diff[:5])}). "
-                              "Fix: resume with the same options, or choose another --out.")
-    elif resume:
-        raise ResumeError(f"Nothing to resume in {out} (no branching.json). Fix: pass the --out of an earlier run, or "
-                          "drop --resume.")
+    cli.check_resume(out, record, cfg.identity(), resume, what="a BMTAS run", on_resume=" (new lambdas are added)")
     verbose = cfg.verbose
     tcfg, ds, splits, streams, pipes, size = _data(cfg, verbose)
     tasks = splits.train.tasks

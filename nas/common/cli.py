@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icao_mtl import io as aio
+from icao_mtl.errors import ConfigError, ResumeError
 
 
 def option(default, help: str, **cli):
@@ -123,3 +124,29 @@ def parse(cls, parser: argparse.ArgumentParser, argv, *, record: str | None = No
         values.update({k: v for k, v in recorded.items() if k in values})
     values.update(args)
     return cls(**values), resume
+
+
+def check_resume(out: Path, record: Path, identity: dict, resume: bool, *, what: str,
+                 continue_without_resume: bool = False, on_resume: str = "") -> dict | None:
+    """Refuse, before any work starts, a run that would overwrite or silently mix with another.
+
+    ``record`` is the JSON file in ``out`` holding the options of the run there (its ``identity``).
+    Without ``resume`` a recorded run is an error (unless ``continue_without_resume``: a distributed
+    search's chief restarts into its own directory); with it, every recorded option must equal
+    ``identity``, and a missing record is an error. ``what`` names the run in the messages ("a DAG
+    run"), ``on_resume`` says what ``--resume`` adds. Returns the recorded options, or None."""
+    if not record.is_file():
+        if resume:
+            raise ResumeError(f"Nothing to resume in {out} (no {record.name}). Fix: pass the --out of an earlier run, "
+                              "or drop --resume.")
+        return None
+    old = aio.read_json(record)
+    if not resume and not continue_without_resume:
+        raise ConfigError(f"{out} already holds {what}. Fix: pass --resume to continue it{on_resume}, or choose "
+                          "another --out.")
+    diff = sorted(k for k, v in identity.items() if old.get(k) != v)
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in diff[:5])
+        raise ResumeError(f"{out} holds {what} with other options ({shown}). Fix: resume with the same options, or "
+                          "choose another --out.")
+    return old

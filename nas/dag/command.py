@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from icao_mtl import io as aio
-from icao_mtl.errors import ConfigError, ResumeError, command
+from icao_mtl.errors import ConfigError, command
 
 from ..common import cli
 from ..common.cli import CommonConfig, option
@@ -186,19 +186,7 @@ def run(cfg: DagConfig, *, resume: bool = False) -> DagResult:
     cfg.validate()
     out = Path(cfg.out) if cfg.out else Path("runs") / f"dag_N{cfg.n}_M{cfg.m}_{time.strftime('%Y%m%d-%H%M%S')}"
     record = out / "dag.json"
-    if record.is_file():
-        old = aio.read_json(record)
-        if not resume:
-            raise ConfigError(f"{out} already holds a DAG run. Fix: pass --resume to continue it, or choose another "
-                              "--out.")
-        diff = sorted(k for k, v in cfg.identity().items() if old.get(k) != v)
-        if diff:
-            raise ResumeError(f"{out} holds a run with other options ({', '.join(f'{k}: {old.get(k)!r} there, {cfg.identity()[k]!r} now' for k in diff[:5])}). "
-                              "Fix: resume with the same options, or choose another --out.")
-    elif resume:
-        raise ResumeError(f"Nothing to resume in {out} (no dag.json). Fix: pass the --out of an earlier run, or drop "
-                          "--resume.")
-    elif holds_run(out):
+    if cli.check_resume(out, record, cfg.identity(), resume, what="a DAG run") is None and holds_run(out):
         raise ConfigError(f"{out} already holds a run. Fix: choose another --out.")
     verbose = cfg.verbose
     tcfg, splits, pipes = _data(cfg, verbose)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from icao_mtl import io as aio
-from icao_mtl.errors import CollapsedModelError, ConfigError, IcaoMtlError, NonFiniteLossError, ResumeError, command
+from icao_mtl.errors import CollapsedModelError, ConfigError, IcaoMtlError, NonFiniteLossError, command
 from icao_mtl.runs import write_status
 
 from ..common import cli
@@ -280,18 +280,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
     chief_or_single = not _is_worker()
     record = out / "search.json"
     if chief_or_single:
-        if record.is_file():
-            old = aio.read_json(record)
-            if not resume and not _is_chief():
-                raise ConfigError(f"{out} already holds a search. Fix: pass --resume to continue it, or choose another "
-                                  "--out.")
-            diff = sorted(k for k in cfg.identity() if old.get(k) != cfg.identity()[k])
-            if diff:
-                raise ResumeError(f"{out} holds another search ({', '.join(f'{k}: {old.get(k)!r} there, {cfg.identity()[k]!r} now' for k in diff[:5])}). "
-                                  "Fix: resume with the same options, or choose another --out.")
-        elif resume:
-            raise ResumeError(f"Nothing to resume in {out} (no search.json). Fix: pass the --out of an earlier search, "
-                              "or drop --resume.")
+        cli.check_resume(out, record, cfg.identity(), resume, what="a search", continue_without_resume=_is_chief())
         out.mkdir(parents=True, exist_ok=True)
         aio.write_json(record, cfg.identity())
     space = BranchDepthSpace.paper(max_depth=cfg.max_depth)
