@@ -243,3 +243,16 @@ def test_synthetic_faces_end_to_end_beats_chance_on_held_out_images(tmp_path):
     assert len(test["per_requisite"]) == 23
     image_level = [test["per_requisite"][t]["eer"] for t in IMAGE_LEVEL]
     assert np.mean(image_level) < 0.35 and test["per_requisite"]["washed_out"]["eer"] < 0.15
+
+
+def test_evaluate_analyze_check_and_export_work_on_its_run_directory(digits_run, data_root, tmp_path, monkeypatch):
+    from icao_mtl import analyze, check, evaluate, export
+
+    _, out = digits_run
+    monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
+    assert evaluate.main([str(out), "--quiet", "--out", str(tmp_path / "eval")]) == 0
+    assert analyze.main([str(out), "--requisite", "n_3", "--n", "2"]) == 0
+    photo = next((data_root / "digits" / "images").glob("*"))
+    assert check.main([str(out), str(photo), "--json", str(tmp_path / "check.json")]) in (0, 1)
+    assert "n_3" in (tmp_path / "check.json").read_text()
+    assert export.main([str(out), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0

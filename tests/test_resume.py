@@ -192,3 +192,17 @@ def test_dag_killed_at_the_search_boundary_and_in_the_finetuning_resumes_exactly
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
     for f in ("topology.json", "reduction.json"):
         assert json.loads((tmp_path / "cut" / f).read_text()) == json.loads((tmp_path / "full" / f).read_text()), f
+
+
+def test_mtl_nas_killed_at_the_pretraining_boundary_and_in_the_search_resumes_exactly(tiny_set, tmp_path):
+    """Killed right after the pretraining's checkpoint, then in the middle of a search epoch (the 50/50
+    split of that epoch, the binary-concrete draws and the schedules must continue where they were),
+    then the retraining runs as any phase."""
+    args = ["--data", str(tiny_set), "--img-size", "32", "--batch-size", "16", "--quiet", "--stages", "1", "1",
+            "--channels", "8", "16", "--pretrain-epochs", "1", "--search-epochs", "2", "--retrain-epochs", "1"]
+    _run_killed_and_full("nas.mtl_nas", args, tmp_path / "full", tmp_path / "cut", ["phase:1:pretrain", "step:1:8"])
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    ea, eb = (json.loads((tmp_path / d / "edges.json").read_text()) for d in ("full", "cut"))
+    assert [r["kept"] for r in eb["rows"]] == [r["kept"] for r in ea["rows"]]
+    np.testing.assert_allclose([r["logit"] for r in eb["rows"]], [r["logit"] for r in ea["rows"]], rtol=1e-5,
+                               atol=1e-6)

@@ -57,3 +57,22 @@ def _graph_madds(graph) -> int:
 def model_madds(model) -> int:
     """Multiply-adds of one image through ``model`` (a Keras model with one image input)."""
     return measure_madds(model, tuple(int(d) for d in model.input.shape[1:]))
+
+
+def latency_ms(model, size: int, batch: int = 32, repeats: int = 10) -> float:
+    """CPU milliseconds per image of ``model`` on a batch of ``batch`` random images of side ``size``
+    (median of ``repeats`` calls of one traced function, after a warm-up call)."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
+    fn = tf.function(lambda v: model(v, training=False))
+    fn(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        tf.nest.map_structure(lambda v: v.numpy(), fn(x))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / batch * 1000

@@ -130,24 +130,11 @@ def _network_params(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.weights if id(v) not in skip))
 
 
-def _latency(model, size: int, batch: int = 32, repeats: int = 10) -> float:
-    import tensorflow as tf
-
-    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
-    fn = tf.function(lambda v: model(v, training=False))
-    fn(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        tf.nest.map_structure(lambda v: v.numpy(), fn(x))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) / batch * 1000
-
-
 def accounting(final, full, spec: DagSpec, tasks) -> dict:
     """Parameters, MAdds and CPU latency (ms per image, batch 32) of the final network, the searched one
     (every edge), the shared bottom (the chain v_1 -> ... -> v_N computed once, one head per task) and K
     single-task chains; parameters relative to the shared bottom (1.00, as the paper reports them)."""
+    from ..common.madds import latency_ms as _latency
     from ..common.madds import model_madds
 
     one = build_network(spec, tasks[:1], subs={tasks[0]: chain(spec)}, name="dag_one_task_chain")
