@@ -6,8 +6,11 @@
    units, 32 px) and the synthetic faces' (the 4 requisite groups, 23 tasks, 64 px).
 2. With ``--run DIR`` (a finished ``python -m nas.mtl_nas`` run): its final network's parameters,
    MAdds and CPU latency against the network with every edge and the plain one (its params.json).
+3. With ``--arch-lr-ablation``: short digits searches (2 + 3 epochs, seed 0) at architecture
+   learning rates 1e-3 (the released configs), 1e-2 and 0.1 (the default here): the share of undecided
+   gates at the end, the kept edges and the test EER of the thresholded network.
 
-    python benchmarks/bench_mtl_nas.py [--run runs/mtl_nas_digits] [--steps 8]
+    python benchmarks/bench_mtl_nas.py [--run runs/mtl_nas_digits] [--steps 8] [--arch-lr-ablation]
 """
 
 from __future__ import annotations
@@ -72,10 +75,30 @@ def _row(name, units, image_size, steps):
     return result
 
 
+def _ablation() -> list:
+    import tempfile
+    from pathlib import Path
+
+    from nas.mtl_nas import MtlNasConfig, run
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lr in (1e-3, 1e-2, 0.1):
+            result = run(MtlNasConfig(data="digits", pretrain_epochs=2, search_epochs=3, arch_lr=lr,
+                                      out=str(Path(tmp) / f"lr{lr:g}"), verbose=0))
+            test = result.runs[0].metrics["test"]
+            rows.append({"arch_lr": lr, "undecided": result.edges["undecided"], "kept": result.edges["kept"],
+                         "edges": result.edges["edges"], "test_eer_mean": test["eer_mean"],
+                         "test_accuracy_mean": test["accuracy_mean"]})
+            print(rows[-1])
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--run", default=None, help="a finished python -m nas.mtl_nas run directory")
+    parser.add_argument("--arch-lr-ablation", action="store_true")
     args = parser.parse_args()
     from icao_mtl.data.tasksets import DIGIT_GROUPS
     from icao_mtl.requisites import GROUPS
@@ -90,6 +113,9 @@ def main():
         params = json.loads((Path(args.run) / "params.json").read_text())
         results["final_network"] = {"run": str(args.run), **params}
         print(results["final_network"])
+    if args.arch_lr_ablation:
+        results["arch_lr_ablation"] = {"setting": "digits, 4 units, 2 pretraining + 3 search epochs, seed 0",
+                                       "rows": _ablation()}
     write("bench_mtl_nas", results)
 
 

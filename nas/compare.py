@@ -65,7 +65,7 @@ class CompareConfig(CommonConfig):
     the backbone and the image size of every row)."""
 
     methods: list[str] = option(["stl", "hc1", "hc2", "hc3", "depth", "bmtas"],
-                                "rows to run: stl, hc1, hc2, hc3 and the method packages (depth, bmtas, ...)")
+                                "rows to run: stl, hc1, hc2, hc3 and the method packages (depth, bmtas, dag, mtl_nas)")
     seeds: list[int] = option([0, 1], "seeds of every row (the split stays the same)")
     epochs: int = option(10, "training epochs of every compared network")
     search_epochs: int = option(8, "epochs of a differentiable search (BMTAS), warm-up included")

@@ -46,6 +46,25 @@ def test_the_forward_normalisation_of_the_toy_network():
     assert states == pytest.approx([1.0, 2.0, 8.0]) and v_l == pytest.approx(8.0)
 
 
+def test_the_a2_reading_of_the_toy_network():
+    """Item 3 (A2: the read-in outside the normalisation, the edges divided by their number):
+    v = (0.5, 1.0, 1.875), v_L = 1.6875."""
+    x = _col(1.0)
+    mix = [GateMix(1, [], combine="a2"), GateMix(1, [1], combine="a2"), GateMix(1, [1, 2], combine="a2")]
+    v1 = mix[0]([x])
+    v2 = mix[1]([x, 2.0 * v1])
+    v3 = mix[2]([x, 3.0 * v1, 4.0 * v2])
+    v_l = GateReadOut(1, 3)([v1, v2, v3])
+    assert [float(tf.reshape(v, [])) for v in (v1, v2, v3)] == pytest.approx([0.5, 1.0, 1.875])
+    assert float(tf.reshape(v_l, [])) == pytest.approx(1.6875)
+    # a network built with it saves and loads with the reading
+    spec = DagSpec(n=3, m=2, width=4, image_size=16, combine="a2")
+    model = build_network(spec, ["a", "b"])
+    assert all(l.combine == "a2" for l in model.layers if isinstance(l, GateMix))
+    clone = keras.Model.from_config(model.get_config())
+    assert all(l.combine == "a2" for l in clone.layers if isinstance(l, GateMix))
+
+
 def test_squeeze_loss_values_and_gradients():
     """Item 4: K = 2, |E| = 5 (N = 4, M = 2), gamma = 0: kappa = 2 -> 2 (2.5 - 2) = 1.0 and d/dgamma =
     0.25 on every edge; kappa = 3 (or >= |E|) -> 0 and no gradient."""
@@ -246,13 +265,8 @@ def test_synthetic_faces_end_to_end_beats_chance_on_held_out_images(tmp_path):
 
 
 def test_evaluate_analyze_check_and_export_work_on_its_run_directory(digits_run, data_root, tmp_path, monkeypatch):
-    from icao_mtl import analyze, check, evaluate, export
+    from _run_dir_commands import exercise_run_dir_commands
 
-    _, out = digits_run
     monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
-    assert evaluate.main([str(out), "--quiet", "--out", str(tmp_path / "eval")]) == 0
-    assert analyze.main([str(out), "--requisite", "n_3", "--n", "2"]) == 0
     photo = next((data_root / "digits" / "images").glob("*"))
-    assert check.main([str(out), str(photo), "--json", str(tmp_path / "check.json")]) in (0, 1)
-    assert "n_3" in (tmp_path / "check.json").read_text()
-    assert export.main([str(out), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0
+    exercise_run_dir_commands(digits_run[1], photo, "n_3", tmp_path)

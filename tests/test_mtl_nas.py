@@ -321,13 +321,30 @@ def test_min_entropy_decides_the_gates_and_without_it_they_stay_undecided(tmp_pa
 
 
 def test_evaluate_analyze_check_and_export_work_on_its_run_directory(digits_run, data_root, tmp_path, monkeypatch):
-    from icao_mtl import analyze, check, evaluate, export
+    from _run_dir_commands import exercise_run_dir_commands
 
-    _, out = digits_run
     monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
-    assert evaluate.main([str(out), "--quiet", "--out", str(tmp_path / "eval")]) == 0
-    assert analyze.main([str(out), "--requisite", "n_3", "--n", "2"]) == 0
     photo = next((data_root / "digits" / "images").glob("*"))
-    assert check.main([str(out), str(photo), "--json", str(tmp_path / "check.json")]) in (0, 1)
-    assert "n_3" in (tmp_path / "check.json").read_text()
-    assert export.main([str(out), "--format", "savedmodel", "--out", str(tmp_path / "sm")]) == 0
+    exercise_run_dir_commands(digits_run[1], photo, "n_3", tmp_path)
+
+
+def test_vgg16_branches_are_the_13_convolutions_loaded_from_a_weights_file(tmp_path):
+    """Spec §8.2: stages block1_conv1 ... block5_conv3, 24 edges per direction, every unit's
+    convolutions loaded from the file (here a randomly initialised VGG16 saved offline)."""
+    from icao_mtl.backbones import build_backbone, save_backbone_weights
+    from nas.mtl_nas.network import load_vgg16
+
+    keras.utils.set_random_seed(0)
+    _, vgg = build_backbone("vgg16", keras.Input((32, 32, 3)), weights="none")
+    path = tmp_path / "vgg16.weights.h5"
+    save_backbone_weights(vgg, path)
+    units = [("a", ["t1"]), ("b", ["t2"])]
+    model = Supernet(NetSpec(backbone="vgg16", image_size=32), units)
+    assert len(model.table) == 48 and model.spec.stages == 13
+    load_vgg16(model.net, units, str(path), 32)
+    source = vgg.get_layer("block4_conv2").get_weights()
+    for unit in ("a", "b"):
+        for mine, theirs in zip(model.net.get_layer(f"{unit}_block4_conv2").get_weights(), source):
+            np.testing.assert_array_equal(mine, theirs)
+    out = model(_images(2, 32))
+    assert set(out) == {"t1", "t2"} and out["t1"].shape == (2, 2)

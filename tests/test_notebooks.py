@@ -68,3 +68,13 @@ def test_dag_network(tmp_path, monkeypatch):
     text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "") for o in outputs)
     assert "| task | read-in | read-out |" in text and "| final |" in text and "edges kept by some task" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the trace and three sub-networks
+
+
+def test_mtl_nas(tmp_path, monkeypatch):
+    nb = run_notebook("07_mtl_nas.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "") for o in outputs)
+    assert "| final |" in text and "edges kept" in text and "| pretrain |" in text and "| search |" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the trace and the edges
+    assert (tmp_path / "runs" / "notebook_07" / "edges.json").is_file()

@@ -150,3 +150,21 @@ def check_resume(out: Path, record: Path, identity: dict, resume: bool, *, what:
         raise ResumeError(f"{out} holds {what} with other options ({shown}). Fix: resume with the same options, or "
                           "choose another --out.")
     return old
+
+
+def method_main(cls, run, *, prog: str, doc: str, record: str):
+    """``(build_parser, main)`` of a method's command: the options of the dataclass ``cls``, ``--resume``
+    with the options recorded in ``OUT/<record>``, then ``run(config, resume=...)``; ``main(argv)``
+    returns 0, or 2 with the error's message for a package error."""
+    from icao_mtl.errors import command
+
+    def make_parser():
+        return build_parser(cls, prog=prog, doc=doc)
+
+    @command
+    def main(argv: list[str] | None = None) -> int:
+        cfg, resume = parse(cls, make_parser(), argv, record=record)
+        run(cfg, resume=resume)
+        return 0
+
+    return make_parser, main

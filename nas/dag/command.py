@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from icao_mtl import io as aio
-from icao_mtl.errors import ConfigError, command
+from icao_mtl.errors import ConfigError
 
 from ..common import cli
 from ..common.cli import CommonConfig, option
@@ -57,6 +57,8 @@ class DagConfig(CommonConfig):
     n: int = option(8, "N, hidden states", flag="--N")
     m: int = option(3, "M, the flow constant: edges i -> j with j - i <= M", flag="--M")
     width: int | None = option(None, "channels of every state (default 32; 16 with at most 10 tasks)")
+    combine: str = option("a1", "a1: the read-in is one of a state's normalised incoming links (recommended, "
+                                "spec 3.2); a2: added outside the edges' normalisation")
     kappa: float = option(0.3, "squeeze budget as a share of the structural edges (kappa = share * |E|)")
     lambda_sq: float = option(0.05, "weight of the squeeze loss")
     warmup_epochs: int = option(4, "stage 1, gates frozen at 0.5")
@@ -105,7 +107,7 @@ class DagConfig(CommonConfig):
 
     def spec(self, n_tasks: int) -> DagSpec:
         width = self.width or (16 if n_tasks <= 10 else 32)
-        return DagSpec(n=self.n, m=self.m, width=width, image_size=self.resolved()["img_size"])
+        return DagSpec(n=self.n, m=self.m, width=width, image_size=self.resolved()["img_size"], combine=self.combine)
 
 
 @dataclass
@@ -264,15 +266,7 @@ def compare(budget, base: dict, out: Path, seed: int) -> list[tuple[str, MethodR
     return [(f"dag-M{cfg.m}", r) for r in result.runs]
 
 
-def build_parser():
-    return cli.build_parser(DagConfig, prog="python -m nas.dag", doc=__doc__)
-
-
-@command
-def main(argv: list[str] | None = None) -> int:
-    cfg, resume = cli.parse(DagConfig, build_parser(), argv, record="dag.json")
-    run(cfg, resume=resume)
-    return 0
+build_parser, main = cli.method_main(DagConfig, run, prog="python -m nas.dag", doc=__doc__, record="dag.json")
 
 
 if __name__ == "__main__":

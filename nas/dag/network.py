@@ -39,6 +39,10 @@ from .graph import edges
 BN_MOMENTUM = 0.9
 
 
+#: the two readings of eqs. 3-4 (spec §3.2)
+COMBINES = ("a1", "a2")
+
+
 @dataclass(frozen=True)
 class DagSpec:
     """Shape of a central network.
@@ -47,6 +51,9 @@ class DagSpec:
         n, m: hidden states and flow constant (edges i -> j with j - i <= m).
         width: channels of every hidden state.
         image_size: input side in pixels; ``channels``: input channels (3).
+        combine: how a state combines its read-in and edges (spec §3.2): "a1" (the read-in is one of
+            the incoming links of the in-degree normalisation, as Algorithm 1's matrix implies) or "a2"
+            (the read-in added outside, the edges divided by their number).
     """
 
     n: int = 8
@@ -54,6 +61,7 @@ class DagSpec:
     width: int = 32
     image_size: int = 64
     channels: int = 3
+    combine: str = "a1"
 
     def sizes(self) -> list[int]:
         """Side of v_1..v_N: pairs of states per resolution, halving from image_size / 2 (spec §8.1),
@@ -64,6 +72,8 @@ class DagSpec:
         if self.n < 1 or self.m < 1 or self.width < 1:
             raise ConfigError(f"The central network needs N >= 1, M >= 1 and a positive width. Received: N={self.n}, "
                               f"M={self.m}, width={self.width}.")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"--combine {self.combine!r}: choose a1 (recommended) or a2.")
         if self.image_size < 8:
             raise ConfigError(f"--img-size {self.image_size} is too small for the central network. Fix: 32 or more.")
         sizes = self.sizes()
@@ -165,7 +175,8 @@ def _per_row(gates, rows):
 
 @keras.saving.register_keras_serializable(package="icao_mtl")
 class GateMix(keras.layers.Layer):
-    """``v_j`` of every task from its read-in and incoming edges (spec §3.2, A1).
+    """``v_j`` of every task from its read-in and incoming edges (spec §3.2: A1, or A2 with
+    ``combine="a2"``).
 
     Holds, for the K tasks, the logits ``alpha_j`` (K,) and ``gamma_{.j}`` (K, n_in) of the structural
     inputs of ``v_j`` (its read-in, then the edges from ``sources`` in order), the binary masks of the
@@ -174,9 +185,12 @@ class GateMix(keras.layers.Layer):
     leaves out those no task uses (their masks are 0 for every task).
     """
 
-    def __init__(self, tasks: int, sources, used=None, **kwargs):
+    def __init__(self, tasks: int, sources, used=None, combine: str = "a1", **kwargs):
         super().__init__(**kwargs)
         self.tasks, self.sources = int(tasks), [int(s) for s in sources]
+        if combine not in ("a1", "a2"):
+            raise ValueError(f"GateMix combine must be a1 or a2. Received: {combine!r}")
+        self.combine = combine
         n_in = 1 + len(self.sources)
         self.used = [bool(u) for u in used] if used is not None else [True] * n_in
         if len(self.used) != n_in:
@@ -189,13 +203,15 @@ class GateMix(keras.layers.Layer):
         self.hard = self.add_weight(shape=(), initializer="zeros", name="hard", trainable=False)
 
     def gates(self):
-        """(K, n_in) weights of the inputs and (K,) in-degrees, as the mode says."""
+        """(K, n_in) weights of the inputs and (K,) in-degrees, as the mode says (A2: of the edges
+        alone)."""
         soft = tf.sigmoid(tf.cast(self.logits, tf.float32))
         hard = tf.cast(self.masks, tf.float32)
         on = tf.cast(self.hard, tf.float32) > 0.5
         weights = tf.where(on, hard, soft)
-        structural = tf.fill([self.tasks], float(1 + len(self.sources)))
-        degree = tf.where(on, tf.reduce_sum(hard, axis=1), structural)
+        counted = hard if self.combine == "a1" else hard[:, 1:]
+        structural = tf.fill([self.tasks], float(len(self.sources) + (self.combine == "a1")))
+        degree = tf.where(on, tf.reduce_sum(counted, axis=1), structural)
         return weights, degree
 
     def call(self, inputs):
@@ -205,6 +221,15 @@ class GateMix(keras.layers.Layer):
         if len(inputs) != len(index):
             raise ValueError(f"{self.name} expects {len(index)} inputs, got {len(inputs)}.")
         rows = tf.shape(inputs[0])[0]
+        if self.combine == "a2":  # v = g_in R + (sum_i g_i e_i) / |P(j)|
+            read_in, edges = 0.0, 0.0
+            for x, i in zip(inputs, index):
+                term = _per_row(weights[:, i], rows) * tf.cast(x, tf.float32)
+                if i == 0:
+                    read_in = read_in + term
+                else:
+                    edges = edges + term
+            return read_in + tf.math.divide_no_nan(edges, _per_row(degree, rows))
         total = 0.0
         for x, i in zip(inputs, index):
             total = total + _per_row(weights[:, i], rows) * tf.cast(x, tf.float32)
@@ -216,7 +241,8 @@ class GateMix(keras.layers.Layer):
         return shapes[0]
 
     def get_config(self):
-        return {**super().get_config(), "tasks": self.tasks, "sources": self.sources, "used": self.used}
+        return {**super().get_config(), "tasks": self.tasks, "sources": self.sources, "used": self.used,
+                "combine": self.combine}
 
 
 @keras.saving.register_keras_serializable(package="icao_mtl")
@@ -330,7 +356,7 @@ def build_network(spec: DagSpec, tasks, *, subs: dict | None = None, name: str =
                 feeds.append(EdgeBlock(spec.width, sizes[i - 1] // sizes[j - 1], name=edge_name(i, j))(states[i]))
         if not feeds:  # no task feeds this state (it is only read out): it is zero
             continue
-        states[j] = GateMix(k, sources, flags, name=f"mix_{j}")(feeds)
+        states[j] = GateMix(k, sources, flags, combine=spec.combine, name=f"mix_{j}")(feeds)
     out_states = sorted(s for s in states if parts is None or s in parts["read_outs"])
     if not out_states:
         raise ConfigError("No task reads out any computed state: the sub-networks are empty.")

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 
 from icao_mtl import io as aio
-from icao_mtl.errors import ConfigError, command
+from icao_mtl.errors import ConfigError
 
 from ..common import cli
 from ..common.cli import CommonConfig, option
@@ -255,15 +255,7 @@ def compare(budget, base: dict, out: Path, seed: int) -> list[tuple[str, MethodR
     return [("mtl_nas", r) for r in result.runs]
 
 
-def build_parser():
-    return cli.build_parser(MtlNasConfig, prog="python -m nas.mtl_nas", doc=__doc__)
-
-
-@command
-def main(argv: list[str] | None = None) -> int:
-    cfg, resume = cli.parse(MtlNasConfig, build_parser(), argv, record="mtl_nas.json")
-    run(cfg, resume=resume)
-    return 0
+build_parser, main = cli.method_main(MtlNasConfig, run, prog="python -m nas.mtl_nas", doc=__doc__, record="mtl_nas.json")
 
 
 if __name__ == "__main__":
