@@ -174,6 +174,50 @@ def test_the_pruned_network_computes_the_masked_network_and_counts_only_what_it_
     assert _network_params(final) == expected
 
 
+def test_on_a_backbone_feature_map_the_pruned_network_still_computes_the_masked_one(tmp_path):
+    """v_0 = a backbone's feature map (computed once for every task): the state sides halve from its
+    side, the weights load from a file into a frozen backbone, and pruning keeps the outputs."""
+    from icao_mtl.backbones import build_backbone, save_backbone_weights
+
+    keras.utils.set_random_seed(4)
+    _, mbv2 = build_backbone("mobilenet_v2", keras.Input((64, 64, 3)), weights="none")
+    path = tmp_path / "mbv2.weights.h5"
+    save_backbone_weights(mbv2, path)
+    spec = DagSpec(n=4, m=2, width=8, image_size=64, backbone="mobilenet_v2")
+    assert spec.input_side() == 2 and spec.sizes() == [2, 2, 1, 1]
+    tasks = ["t0", "t1"]
+    full = build_network(spec, tasks, weights=str(path), freeze_backbone=True)
+    np.testing.assert_array_equal(full.get_layer("Conv1").get_weights()[0], mbv2.get_layer("Conv1").get_weights()[0])
+    frozen = {id(v) for v in full.get_layer("Conv1").weights}
+    assert not frozen & {id(v) for v in network_variables(full)}  # a frozen backbone is in no optimiser
+    x = np.random.default_rng(5).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    subs = {"t0": SubNetwork(4, (1, 0, 0, 0), (0, 0, 0, 1), frozenset({(1, 2), (2, 4)})),
+            "t1": SubNetwork(4, (0, 1, 0, 0), (0, 0, 1, 0), frozenset({(2, 3)}))}
+    set_masks(full, subs, tasks, spec)
+    set_hard(full, True)
+    final = build_network(spec, tasks, subs=subs)
+    transplant(full, final)
+    a, b = full(x, training=False), final(x, training=False)
+    for t in tasks:
+        np.testing.assert_allclose(b[t].numpy(), a[t].numpy(), rtol=1e-5, atol=1e-6)
+    final.save(tmp_path / "final.keras")
+    loaded = keras.models.load_model(tmp_path / "final.keras", safe_mode=True)
+    for t, v in loaded(x).items():
+        np.testing.assert_allclose(v.numpy(), b[t].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_backbone_run_end_to_end_on_digits(tmp_path, data_root, monkeypatch):
+    from nas.dag import DagConfig, run
+
+    monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
+    cfg = DagConfig(data="digits", backbone="small_cnn", img_size=32, n=4, m=2, warmup_epochs=1, search_epochs=1,
+                    finetune_epochs=3, out=str(tmp_path / "run"), verbose=0)
+    assert cfg.resolved()["freeze_backbone"] is False  # from scratch: trained with the central network
+    run(cfg)
+    test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert test["eer_mean"] < 0.3
+
+
 def test_links_on_no_input_output_path_are_dropped():
     sub = SubNetwork(4, (1, 0, 0, 0), (0, 1, 0, 0), frozenset({(1, 2), (3, 4)}))
     assert on_paths(sub).hidden == {(1, 2)}
@@ -242,8 +286,10 @@ def test_command_errors_name_the_option(capsys, tmp_path):
 
     assert main(["--N", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--N must be a positive integer" in capsys.readouterr().err
-    assert main(["--backbone", "vgg16"]) == 2
-    assert "--backbone none" in capsys.readouterr().err
+    assert main(["--backbone", "inception_v3", "--out", str(tmp_path / "y")]) == 2
+    assert "feature map of one of" in capsys.readouterr().err
+    assert main(["--weights", "imagenet", "--out", str(tmp_path / "z")]) == 2
+    assert "needs a --backbone" in capsys.readouterr().err
     assert main(["--resume", "--out", str(tmp_path / "nothing")]) == 2
     assert "Nothing to resume" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@ Examples::
     python -m nas.dag --data digits --N 6 --M 3                    # 10 one-vs-rest digit tasks
     python -m nas.dag --N 8 --M 3 --kappa 0.3 --lambda-sq 0.05      # the synthetic faces, 23 requisites
     python -m nas.dag --data lfw --img-size 32 --out runs/dag_lfw
+    python -m nas.dag --backbone mobilenet_v2 --weights imagenet --img-size 224   # v_0: ImageNet features
     python -m nas.dag --resume --out runs/dag_lfw                   # after an interruption (kill -9 included)
 
 Outputs (``--out``): the run-directory files of ``python -m icao_mtl.train`` for the fine-tuned network
@@ -42,7 +43,7 @@ from ..common import cli
 from ..common.cli import CommonConfig, option
 from ..common.method import MethodResult, MethodRun
 from .graph import SubNetwork, edges, n_edges, relative_performance
-from .network import DagSpec, build_network, gate_layers, transplant
+from .network import BACKBONE_STRIDES, DagSpec, build_network, gate_layers, transplant
 from .report import TraceWriter, plot_trace, write_topology
 from .search import groups, masks_of, phases
 
@@ -52,8 +53,10 @@ class DagConfig(CommonConfig):
     """A restricted-DAG run (the options every method's command shares are those of
     :class:`~nas.common.cli.CommonConfig`)."""
 
-    backbone: str = option("none", "none: the central network reads the image itself (the paper; the only one so "
-                                   "far)")
+    backbone: str = option("none", "none: the read-ins see the image (the paper); or small_cnn, mobilenet_v2, vgg16, "
+                                   "vgg19, resnet50_v2: v_0 is that backbone's feature map, computed once")
+    freeze_backbone: bool | None = option(None, "keep the backbone's weights fixed (default: frozen when --weights "
+                                                "gives pretrained ones, trained when from scratch)")
     n: int = option(8, "N, hidden states", flag="--N")
     m: int = option(3, "M, the flow constant: edges i -> j with j - i <= M", flag="--M")
     width: int | None = option(None, "channels of every state (default 32; 16 with at most 10 tasks)")
@@ -73,22 +76,33 @@ class DagConfig(CommonConfig):
 
     def resolved(self) -> dict:
         named = self.data if self.data in ("digits", "lfw") else None
-        return {"img_size": self.img_size or (32 if named else 64),
+        if self.backbone != "none":
+            from icao_mtl.backbones import spec as backbone_spec
+
+            default = backbone_spec(self.backbone).default_size if self.backbone in BACKBONE_STRIDES else 64
+        else:
+            default = 32 if named else 64
+        return {"img_size": self.img_size or default,
+                "freeze_backbone": (self.weights not in (None, "none")) if self.freeze_backbone is None
+                else bool(self.freeze_backbone),
                 "augment": ("none" if self.data == "digits" else "reference") if self.augment == "auto"
                 else self.augment}
 
     def train_config(self, **changes):
         r = self.resolved()
         # the data side of the run: pipelines at the network's size (the backbone field is unused)
-        return super().train_config(**{"backbone": "small_cnn", "img_size": r["img_size"], "augment": r["augment"],
+        return super().train_config(**{"backbone": self.backbone if self.backbone in BACKBONE_STRIDES else "small_cnn",
+                                       "img_size": r["img_size"], "augment": r["augment"],
                                        "approach": "hc2", "epochs": self.warmup_epochs + self.search_epochs +
                                        self.finetune_epochs, "lr": self.lr, **changes})
 
     def validate(self) -> "DagConfig":
-        if self.backbone != "none":
-            raise ConfigError(f"--backbone {self.backbone!r}: the central network reads the image itself (the "
-                              "paper's setting); a backbone's feature map as its input is not implemented. Fix: "
-                              "--backbone none.")
+        if self.backbone != "none" and self.backbone not in BACKBONE_STRIDES:
+            raise ConfigError(f"--backbone {self.backbone!r}: the central network reads the image (none) or the feature "
+                              f"map of one of {', '.join(BACKBONE_STRIDES)}. Fix: choose one of them.")
+        if self.backbone == "none" and self.weights not in (None, "none"):
+            raise ConfigError(f"--weights {self.weights!r} needs a --backbone to load them into. Fix: --backbone "
+                              "mobilenet_v2 (or another), or --weights none.")
         for name in ("n", "m", "warmup_epochs", "search_epochs", "finetune_epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -107,7 +121,8 @@ class DagConfig(CommonConfig):
 
     def spec(self, n_tasks: int) -> DagSpec:
         width = self.width or (16 if n_tasks <= 10 else 32)
-        return DagSpec(n=self.n, m=self.m, width=width, image_size=self.resolved()["img_size"], combine=self.combine)
+        return DagSpec(n=self.n, m=self.m, width=width, image_size=self.resolved()["img_size"], combine=self.combine,
+                       backbone=self.backbone)
 
 
 @dataclass
@@ -188,7 +203,7 @@ def run(cfg: DagConfig, *, resume: bool = False) -> DagResult:
     start_run_dir(out, rcfg.to_dict(), splits, stage="search")
     try:
         keras.utils.set_random_seed(cfg.seed)
-        full = build_network(spec, tasks)
+        full = build_network(spec, tasks, weights=cfg.weights, freeze_backbone=cfg.resolved()["freeze_backbone"])
         if verbose:
             print(f"Central network: N = {spec.n}, M = {spec.m}, {len(edges(spec.n, spec.m))} edges, {spec.width} "
                   f"channels, {spec.image_size} px, {len(tasks)} tasks batched task-major; kappa = {kappa:.2f} edges, "
@@ -259,7 +274,7 @@ def compare(budget, base: dict, out: Path, seed: int) -> list[tuple[str, MethodR
     # every task has its own hidden states (K times a single network's work): at most 64 px, the spec's
     # faces setting (§8.1), so that 23 tasks stay affordable on a CPU
     size = min(base.get("img_size") or 64, 64)
-    cfg = DagConfig(**{**base, "backbone": "none", "img_size": size}, warmup_epochs=warmup,
+    cfg = DagConfig(**{**base, "backbone": "none", "weights": "none", "img_size": size}, warmup_epochs=warmup,
                     search_epochs=max(1, budget.search_epochs - warmup), finetune_epochs=budget.epochs, seed=seed,
                     out=str(out), verbose=0)
     result = run(cfg, resume=(Path(out) / "dag.json").is_file())

@@ -42,6 +42,9 @@ BN_MOMENTUM = 0.9
 #: the two readings of eqs. 3-4 (spec §3.2)
 COMBINES = ("a1", "a2")
 
+#: backbones whose feature map can be v_0, and their stride (input side / feature-map side)
+BACKBONE_STRIDES = {"small_cnn": 16, "mobilenet_v2": 32, "vgg16": 32, "vgg19": 32, "resnet50_v2": 32}
+
 
 @dataclass(frozen=True)
 class DagSpec:
@@ -54,6 +57,8 @@ class DagSpec:
         combine: how a state combines its read-in and edges (spec §3.2): "a1" (the read-in is one of
             the incoming links of the in-degree normalisation, as Algorithm 1's matrix implies) or "a2"
             (the read-in added outside, the edges divided by their number).
+        backbone: "none" (the read-ins see the image, the paper) or a backbone of
+            :mod:`icao_mtl.backbones` whose feature map is v_0 (computed once for all tasks).
     """
 
     n: int = 8
@@ -62,11 +67,20 @@ class DagSpec:
     image_size: int = 64
     channels: int = 3
     combine: str = "a1"
+    backbone: str = "none"
+
+    def input_side(self) -> int:
+        """Side of v_0: the image, or the backbone's feature map."""
+        if self.backbone == "none":
+            return self.image_size
+        return self.image_size // BACKBONE_STRIDES[self.backbone]
 
     def sizes(self) -> list[int]:
         """Side of v_1..v_N: pairs of states per resolution, halving from image_size / 2 (spec §8.1),
-        never below 2 pixels."""
-        return [max(2, self.image_size // 2 ** ((j + 1) // 2)) for j in range(1, self.n + 1)]
+        never below 2 pixels; on a backbone's feature map, from its side, never below 1."""
+        if self.backbone == "none":
+            return [max(2, self.image_size // 2 ** ((j + 1) // 2)) for j in range(1, self.n + 1)]
+        return [max(1, self.input_side() // 2 ** ((j - 1) // 2)) for j in range(1, self.n + 1)]
 
     def validate(self) -> "DagSpec":
         if self.n < 1 or self.m < 1 or self.width < 1:
@@ -74,11 +88,16 @@ class DagSpec:
                               f"M={self.m}, width={self.width}.")
         if self.combine not in COMBINES:
             raise ConfigError(f"--combine {self.combine!r}: choose a1 (recommended) or a2.")
-        if self.image_size < 8:
-            raise ConfigError(f"--img-size {self.image_size} is too small for the central network. Fix: 32 or more.")
+        if self.backbone != "none" and self.backbone not in BACKBONE_STRIDES:
+            raise ConfigError(f"--backbone {self.backbone!r}: the central network reads the feature map of one of "
+                              f"{', '.join(BACKBONE_STRIDES)}, or the image (none).")
+        if self.image_size < 8 or self.input_side() < 1:
+            raise ConfigError(f"--img-size {self.image_size} is too small for the central network. Fix: 32 or more "
+                              "(on a backbone, at least its stride).")
         sizes = self.sizes()
         for i, j in edges(self.n, self.m) if self.n > 1 else []:
-            if sizes[i - 1] % sizes[j - 1]:
+            # pooling by the integer ratio (valid padding) must land on the target's side: 7 -> 3 -> 1 works
+            if sizes[i - 1] // (sizes[i - 1] // sizes[j - 1]) != sizes[j - 1]:
                 raise ConfigError(f"State {i} ({sizes[i - 1]} px) cannot be pooled to state {j} ({sizes[j - 1]} px). "
                                   "Fix: use an image size that is a power of two (32, 64, 128).")
         return self
@@ -324,9 +343,12 @@ def used_parts(subs: dict, spec: DagSpec) -> dict:
     return {"edges": used_edges, "read_ins": read_ins, "read_outs": read_outs, "states": states}
 
 
-def build_network(spec: DagSpec, tasks, *, subs: dict | None = None, name: str = "dag_network") -> keras.Model:
+def build_network(spec: DagSpec, tasks, *, subs: dict | None = None, name: str = "dag_network",
+                  weights: str = "none", freeze_backbone: bool = False) -> keras.Model:
     """The central network over ``tasks``: every structural edge, or, with ``subs`` ({task: SubNetwork}),
     only what some task's sub-network uses (its masks set and the mode switched to binary masks).
+    With ``spec.backbone``, v_0 is the backbone's feature map (``weights``: none, imagenet or a file;
+    ``freeze_backbone``: its layers not trained, its batch norms in inference mode).
 
     Returns a functional model from raw images (batch, s, s, channels) in [0, 255] to {task: (batch, 2)}.
     """
@@ -337,7 +359,14 @@ def build_network(spec: DagSpec, tasks, *, subs: dict | None = None, name: str =
     all_edges = edges(n, spec.m) if n > 1 else []
     parts = used_parts(subs, spec) if subs is not None else None
     inputs = keras.Input((spec.image_size, spec.image_size, spec.channels), name="image")
-    x = Preprocess("unit", name="preprocess")(inputs)
+    if spec.backbone == "none":
+        x = Preprocess("unit", name="preprocess")(inputs)
+    else:
+        from icao_mtl.backbones import build_backbone
+
+        x, backbone = build_backbone(spec.backbone, inputs, weights=weights)
+        for layer in backbone.layers:
+            layer.trainable = not freeze_backbone
     states = {}
     for j in range(1, n + 1):
         sources = [i for i, jj in all_edges if jj == j]
@@ -347,7 +376,7 @@ def build_network(spec: DagSpec, tasks, *, subs: dict | None = None, name: str =
         use_in = parts is None or j in parts["read_ins"]
         flags.append(use_in)
         if use_in:
-            r = ReadIn(spec.width, spec.image_size // sizes[j - 1], name=readin_name(j))(x)
+            r = ReadIn(spec.width, spec.input_side() // sizes[j - 1], name=readin_name(j))(x)
             feeds.append(TaskTile(k, name=f"tile_{j}")(r))
         for i in sources:
             use = (parts is None or (i, j) in parts["edges"]) and i in states
