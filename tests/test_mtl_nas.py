@@ -233,8 +233,10 @@ def test_units_from_groups_or_chunks_and_errors():
 def test_command_errors_name_the_option(capsys, tmp_path):
     from nas.mtl_nas import main
 
-    assert main(["--backbone", "mobilenet_v2", "--out", str(tmp_path / "x")]) == 2
-    assert "--backbone small_cnn or vgg16" in capsys.readouterr().err
+    assert main(["--backbone", "resnet50_v2", "--out", str(tmp_path / "x")]) == 2
+    assert "small_cnn, vgg16 and mobilenet_v2" in capsys.readouterr().err
+    assert main(["--weights", "imagenet", "--out", str(tmp_path / "x")]) == 2
+    assert "only the vgg16 and mobilenet_v2" in capsys.readouterr().err
     assert main(["--units", "one", "--out", str(tmp_path / "x")]) == 2
     assert "--units 'one'" in capsys.readouterr().err
     assert main(["--img-size", "30", "--out", str(tmp_path / "x")]) == 2
@@ -332,7 +334,7 @@ def test_vgg16_branches_are_the_13_convolutions_loaded_from_a_weights_file(tmp_p
     """Spec §8.2: stages block1_conv1 ... block5_conv3, 24 edges per direction, every unit's
     convolutions loaded from the file (here a randomly initialised VGG16 saved offline)."""
     from icao_mtl.backbones import build_backbone, save_backbone_weights
-    from nas.mtl_nas.network import load_vgg16
+    from nas.mtl_nas.network import load_pretrained
 
     keras.utils.set_random_seed(0)
     _, vgg = build_backbone("vgg16", keras.Input((32, 32, 3)), weights="none")
@@ -341,10 +343,39 @@ def test_vgg16_branches_are_the_13_convolutions_loaded_from_a_weights_file(tmp_p
     units = [("a", ["t1"]), ("b", ["t2"])]
     model = Supernet(NetSpec(backbone="vgg16", image_size=32), units)
     assert len(model.table) == 48 and model.spec.stages == 13
-    load_vgg16(model.net, units, str(path), 32)
+    load_pretrained(model.net, units, "vgg16", str(path), 32)
     source = vgg.get_layer("block4_conv2").get_weights()
     for unit in ("a", "b"):
         for mine, theirs in zip(model.net.get_layer(f"{unit}_block4_conv2").get_weights(), source):
             np.testing.assert_array_equal(mine, theirs)
+    out = model(_images(2, 32))
+    assert set(out) == {"t1", "t2"} and out["t1"].shape == (2, 2)
+
+
+def test_mobilenet_v2_branches_are_its_17_blocks_with_linear_fusion_ops(tmp_path):
+    """Spec §8.3: the 17 inverted-residual blocks as stages, blocks [1, 2, 3, 4, 3, 3, 1] (32 edges per
+    direction, 9 <- 6 absent), weights from a file into every unit, fusion without ReLU so the linear
+    bottleneck outputs (and the residual paths that carry them) are not clipped."""
+    from icao_mtl.backbones import build_backbone, save_backbone_weights
+    from nas.mtl_nas.network import load_pretrained
+
+    keras.utils.set_random_seed(0)
+    _, app = build_backbone("mobilenet_v2", keras.Input((32, 32, 3)), weights="none")
+    path = tmp_path / "mbv2.weights.h5"
+    save_backbone_weights(app, path)
+    units = [("a", ["t1"]), ("b", ["t2"])]
+    model = Supernet(NetSpec(backbone="mobilenet_v2", image_size=32), units)
+    assert len(model.table) == 64 and model.spec.stages == 17
+    assert not any(e.stage == 9 and e.from_stage == 6 for e in model.table)
+    load_pretrained(model.net, units, "mobilenet_v2", str(path), 32)
+    for unit in ("a", "b"):
+        block = model.net.get_layer(f"{unit}_block_5")
+        np.testing.assert_array_equal(block.project.kernel.numpy(), app.get_layer("block_5_project").kernel.numpy())
+        np.testing.assert_array_equal(model.net.get_layer(f"{unit}_stem").conv.kernel.numpy(),
+                                      app.get_layer("Conv1").kernel.numpy())
+    fusions = [l for l in model.net.layers if isinstance(l, NddrFusion)]
+    assert len(fusions) == 34 and not any(l.relu for l in fusions)
+    negative = NddrFusion(2, 0, init=(1.0, 0.0), relu=False)
+    assert float(tf.reduce_min(negative([-tf.ones((1, 2, 2, 2))], training=False))) < 0  # not clipped
     out = model(_images(2, 32))
     assert set(out) == {"t1", "t2"} and out["t1"].shape == (2, 2)

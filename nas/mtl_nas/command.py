@@ -17,6 +17,7 @@ Examples::
     python -m nas.mtl_nas                                   # the synthetic faces, the 4 requisite groups, 64 px
     python -m nas.mtl_nas --data lfw --units 3 --out runs/mtl_nas_lfw
     python -m nas.mtl_nas --backbone vgg16 --weights imagenet --img-size 224     # the paper's backbone
+    python -m nas.mtl_nas --backbone mobilenet_v2 --weights imagenet            # fusion ops without ReLU
     python -m nas.mtl_nas --resume --out runs/mtl_nas_lfw   # after an interruption (kill -9 included)
 
 Outputs (``--out``): the run-directory files of ``python -m icao_mtl.train`` for the final network
@@ -45,7 +46,7 @@ from icao_mtl.errors import ConfigError
 from ..common import cli
 from ..common.cli import CommonConfig, option
 from ..common.method import MethodResult, MethodRun
-from .network import NetSpec, Supernet, build_net, load_vgg16, transplant
+from .network import NetSpec, Supernet, build_net, load_pretrained, transplant
 from .report import plot_trace, write_edges
 from .search import groups, phases
 
@@ -77,7 +78,7 @@ class MtlNasConfig(CommonConfig):
 
     def resolved(self) -> dict:
         named = self.data if self.data in ("digits", "lfw") else None
-        default = 224 if self.backbone == "vgg16" else (32 if named else 64)
+        default = 224 if self.backbone in ("vgg16", "mobilenet_v2") else (32 if named else 64)
         return {"img_size": self.img_size or default,
                 "augment": ("none" if self.data == "digits" else "reference") if self.augment == "auto"
                 else self.augment}
@@ -105,11 +106,9 @@ class MtlNasConfig(CommonConfig):
             raise ConfigError(f"--units {self.units!r}: give 'groups' or a number of units >= 2.")
         if len(self.init) != 2:
             raise ConfigError(f"--init takes two numbers, w_self and w_other. Received: {self.init}.")
-        if self.backbone == "vgg16" and self.weights in ("none", None):
-            print("Note: --backbone vgg16 with --weights none trains VGG16 from scratch.", file=sys.stderr)
-        if self.backbone != "vgg16" and self.weights not in ("none", None):
-            raise ConfigError(f"--weights {self.weights!r} with --backbone {self.backbone}: only the vgg16 branches "
-                              "load weights. Fix: --weights none, or --backbone vgg16.")
+        if self.backbone == "small_cnn" and self.weights not in ("none", None):
+            raise ConfigError(f"--weights {self.weights!r} with --backbone small_cnn: only the vgg16 and mobilenet_v2 "
+                              "branches load weights. Fix: --weights none, or --backbone vgg16 / mobilenet_v2.")
         for name in ("weight_lr", "arch_lr", "pretrain_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0. Received: {getattr(self, name)}.")
@@ -199,8 +198,8 @@ def run(cfg: MtlNasConfig, *, resume: bool = False) -> MtlNasResult:
     try:
         keras.utils.set_random_seed(cfg.seed)
         supernet = Supernet(spec, units)
-        if spec.backbone == "vgg16" and cfg.weights not in ("none", None):
-            load_vgg16(supernet.net, units, cfg.weights, spec.image_size)
+        if spec.backbone != "small_cnn" and cfg.weights not in ("none", None):
+            load_pretrained(supernet.net, units, spec.backbone, cfg.weights, spec.image_size)
         halves = SplitView(pipes["train"], (0.5, 0.5), seed=cfg.seed)
         weight_half, arch_half = halves.part(0), halves.part(1)
         rounds = min(weight_half.steps, arch_half.steps) * cfg.search_epochs

@@ -41,6 +41,12 @@ BRANCH_BN_MOMENTUM = 0.9
 #: VGG16's 13 convolutions by block (keras.applications names) and their channels
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
+#: MobileNetV2's 17 inverted-residual blocks grouped by output channels and resolution (spec §8.3)
+MOBILENET_V2_BLOCKS = ((16, 1), (24, 2), (32, 3), (64, 4), (96, 3), (160, 3), (320, 1))
+
+#: the backbones a unit can have, and their total stride
+BRANCH_STRIDES = {"small_cnn": None, "vgg16": 16, "mobilenet_v2": 32}
+
 
 def identity_kernel(channels: int, n_sources: int, init=(1.0, 0.0), m: int | None = None) -> np.ndarray:
     """The 1x1 kernel ``[w_self I; w_other / m I; ...]`` in Keras layout (in, out): shape
@@ -115,8 +121,10 @@ class NetSpec:
     """The task networks' shape.
 
     Attributes:
-        backbone: "small_cnn" (``stage_config`` blocks of conv 3x3 -> BN -> ReLU with ``channels``) or
-            "vgg16" (keras.applications' 13 convolutions, blocks [2, 2, 3, 3, 3]).
+        backbone: "small_cnn" (``stage_config`` blocks of conv 3x3 -> BN -> ReLU with ``channels``),
+            "vgg16" (keras.applications' 13 convolutions, blocks [2, 2, 3, 3, 3]) or "mobilenet_v2"
+            (its stem, then the 17 inverted-residual blocks as stages, blocks [1, 2, 3, 4, 3, 3, 1]; the
+            fusion ops without ReLU, since the block outputs are linear bottlenecks, spec §8.3).
         image_size: input side in pixels.
         stage_config: stages per block (small CNN).
         channels: channels per block (small CNN).
@@ -134,24 +142,26 @@ class NetSpec:
     relu: bool = True
 
     def __post_init__(self):
-        if self.backbone == "vgg16":
-            self.stage_config = [n for _, n in VGG16_BLOCKS]
-            self.channels = [c for c, _ in VGG16_BLOCKS]
+        if self.backbone in ("vgg16", "mobilenet_v2"):
+            blocks = VGG16_BLOCKS if self.backbone == "vgg16" else MOBILENET_V2_BLOCKS
+            self.stage_config = [n for _, n in blocks]
+            self.channels = [c for c, _ in blocks]
+        if self.backbone == "mobilenet_v2":
+            self.relu = False
         self.stage_config = [int(n) for n in self.stage_config]
         self.channels = [int(c) for c in self.channels]
 
     def validate(self) -> "NetSpec":
-        if self.backbone not in ("small_cnn", "vgg16"):
-            raise ConfigError(f"--backbone {self.backbone!r}: MTL-NAS maps small_cnn and vgg16 into stages so far "
-                              "(MobileNetV2's linear bottlenecks need a fusion op without ReLU, spec §8.3: not "
-                              "implemented). Fix: --backbone small_cnn or vgg16.")
+        if self.backbone not in BRANCH_STRIDES:
+            raise ConfigError(f"--backbone {self.backbone!r}: MTL-NAS maps small_cnn, vgg16 and mobilenet_v2 into "
+                              "stages. Fix: --backbone one of those.")
         if len(self.stage_config) != len(self.channels) or min(self.stage_config, default=0) < 1:
             raise ConfigError(f"--stages {self.stage_config} and --channels {self.channels} must have one positive "
                               "entry per block each. Fix: e.g. --stages 2 2 2 --channels 16 32 64.")
-        pools = len(self.stage_config) - 1
-        if self.image_size % (2 ** pools):
-            raise ConfigError(f"--img-size {self.image_size} is not divisible by 2^{pools} (one pooling per block). "
-                              f"Fix: use a multiple of {2 ** pools}.")
+        stride = BRANCH_STRIDES[self.backbone] or 2 ** (len(self.stage_config) - 1)
+        if self.image_size % stride:
+            raise ConfigError(f"--img-size {self.image_size} is not divisible by {stride} (the branches' total "
+                              f"downsampling). Fix: use a multiple of {stride}.")
         if self.limit < 1:
             raise ConfigError(f"--limit must be >= 1. Received: {self.limit}.")
         return self
@@ -170,6 +180,11 @@ class NetSpec:
 def _stage(spec: NetSpec, unit: str, i: int):
     """The layers of stage ``i`` of one unit's backbone (pooling first when the stage opens a block)."""
     block = blocks_of(spec.stage_config)
+    if spec.backbone == "mobilenet_v2":  # block 0 follows the stem; the stride-2 blocks downsample
+        from ..common.blocks import _mbv2_block
+
+        return ([ConvBlock(32, 3, 2, "relu6", bn_momentum=0.999, name=f"{unit}_stem")] if i == 0 else []) + \
+            [_mbv2_block(i, True, f"{unit}_block_{i}")]
     layers = []
     if i > 0 and block[i] != block[i - 1]:
         layers.append(keras.layers.MaxPooling2D(2, name=f"{unit}_pool{i}"))
@@ -199,7 +214,8 @@ def build_net(spec: NetSpec, units: list, *, keep=None, fusion: bool = True, nam
     gated = keep is None
     image = keras.Input((spec.image_size, spec.image_size, 3), name="image")
     gates = keras.Input((len(table),), name="gates") if gated else None
-    x = Preprocess("caffe" if spec.backbone == "vgg16" else "unit", name="preprocess")(image)
+    mode = {"vgg16": "caffe", "mobilenet_v2": "tf"}.get(spec.backbone, "unit")
+    x = Preprocess(mode, name="preprocess")(image)
     current = [x] * len(units)
     pre = [[None] * spec.stages for _ in units]
     widths = spec.stage_channels()
@@ -266,15 +282,21 @@ class Supernet(keras.Model):
         return list(self.net.trainable_variables)
 
 
-def load_vgg16(net: keras.Model, units: list, weights: str, image_size: int) -> None:
-    """Every unit's VGG16 convolutions from keras.applications' (``imagenet`` or a weights file)."""
-    from ..common.blocks import pretrained_application
+def load_pretrained(net: keras.Model, units: list, backbone: str, weights: str, image_size: int) -> None:
+    """Every unit's branch from keras.applications' VGG16 or MobileNetV2 (``imagenet`` or a weights
+    file): VGG16's 13 convolutions; MobileNetV2's stem and 17 blocks."""
+    from ..common.blocks import _mbv2_prefix, load_application_weights, pretrained_application
 
-    app = pretrained_application("vgg16", weights, image_size)
+    app = pretrained_application(backbone, weights, image_size)
     for uname, _ in units:
-        for layer in app.layers:
-            if isinstance(layer, keras.layers.Conv2D):
-                net.get_layer(f"{uname}_{layer.name}").set_weights(layer.get_weights())
+        if backbone == "vgg16":
+            for layer in app.layers:
+                if isinstance(layer, keras.layers.Conv2D):
+                    net.get_layer(f"{uname}_{layer.name}").set_weights(layer.get_weights())
+            continue
+        load_application_weights(net.get_layer(f"{uname}_stem"), ("Conv1",), app)
+        for b in range(17):
+            load_application_weights(net.get_layer(f"{uname}_block_{b}"), (_mbv2_prefix(b),), app)
 
 
 def transplant(net: keras.Model, final: keras.Model, keep) -> None:
