@@ -209,16 +209,22 @@ def table(entries: list[dict], cfg: CompareConfig) -> str:
         sd = f" ± {100 * e[k + '_sd']:.2f}" if e.get(k + "_sd") is not None else ""
         return f"{100 * e[k]:.2f}{sd}"
 
-    lines = [f"Test split, {len(cfg.seeds)} seed(s) per row (mean ± sd over seeds); {cfg.epochs} training epochs per "
-             f"network; searches: BMTAS {cfg.search_epochs} epochs, branch depth {cfg.trials} trials; "
-             f"{cfg.backbone} at {cfg.img_size} px. STL: {', '.join(cfg.stl_tasks)} only.", "",
-             "| method | tasks | EER mean (%) | EER median (%) | accuracy (%) | parameters | MAdds (M) | "
+    families = {e["family"] for e in entries}
+    notes = [f"Test split, mean ± sd over the seeds of each row; {cfg.epochs} training epochs per network; searches: "
+             f"BMTAS {cfg.search_epochs} epochs, branch depth {cfg.trials} trials; {cfg.backbone} at {cfg.img_size} px"]
+    if families & {"dag", "mtl_nas"}:
+        notes.append(" (the DAG and MTL-NAS rows at most 64 px: one set of states or one branch per task or group)")
+    notes.append(".")
+    if "stl" in families:
+        notes.append(f" STL: {', '.join(cfg.stl_tasks)} only.")
+    lines = ["".join(notes), "",
+             "| method | seeds | tasks | EER mean (%) | EER median (%) | accuracy (%) | parameters | MAdds (M) | "
              "ms/image, batch 1 | ms/image, batch 32 | search (min) | training (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        lines.append(f"| {e['method']} | {e['n_tasks']} | {pct(e, 'test_eer_mean')} | {pct(e, 'test_eer_median')} | "
-                     f"{pct(e, 'test_accuracy_mean')} | {e['params']:,.0f} | {e['madds'] / 1e6:.1f} | "
-                     f"{e['latency_ms_batch1']:.2f} | {e['latency_ms_batch32']:.3f} | "
+        lines.append(f"| {e['method']} | {e['seeds']} | {e['n_tasks']} | {pct(e, 'test_eer_mean')} | "
+                     f"{pct(e, 'test_eer_median')} | {pct(e, 'test_accuracy_mean')} | {e['params']:,.0f} | "
+                     f"{e['madds'] / 1e6:.1f} | {e['latency_ms_batch1']:.2f} | {e['latency_ms_batch32']:.3f} | "
                      f"{minutes(e['search_seconds'])} | {minutes(e['train_seconds'])} |")
     return "\n".join(lines) + "\n"
 
@@ -231,7 +237,7 @@ def plot(entries: list[dict], path) -> None:
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
-    markers = {"stl": "v", "hc1": "s", "hc2": "s", "hc3": "s", "depth": "^", "bmtas": "o"}
+    markers = {"stl": "v", "hc1": "s", "hc2": "s", "hc3": "s", "depth": "^", "bmtas": "o", "dag": "P", "mtl_nas": "X"}
     for e in entries:
         if e["test_eer_mean"] is None:
             continue
