@@ -294,6 +294,7 @@ def test_command_errors_name_the_option(capsys, tmp_path):
     assert "Nothing to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_dag.py
 def test_synthetic_faces_end_to_end_beats_chance_on_held_out_images(tmp_path):
     """The 23 requisites batched task-major (a small N = 4 network at 32 px): the fine-tuned
     sub-networks see what changes the whole image clearly better than chance."""

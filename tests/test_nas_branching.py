@@ -151,6 +151,7 @@ def test_units_follow_the_requisite_groups():
     assert make_units(["a", "b"], {}, "tasks") == (["a", "b"], [("a",), ("b",)])
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_nas_branching.py
 def test_search_retrain_resume_and_baselines_end_to_end(synth_small, tmp_path):
     """A small search on the synthetic set: warm-up, alternation, temperature, discretisation, the built
     network retrained and evaluated with the project's metrics; then a resume that adds a lambda and the

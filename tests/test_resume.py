@@ -3,6 +3,8 @@
 Each test runs a command twice at once: uninterrupted, and killed (``tests/_kill_worker.py``) in the
 middle of an epoch or right after a phase boundary's checkpoint; then resumes the killed one with
 ``--resume`` and compares the final weights, metrics and (for the searches) every trial and trace.
+The HC3, BMTAS, DAG and MTL-NAS runs take minutes each and are marked ``slow`` (``pytest -m slow
+tests/test_resume.py``); STL, HC1, HC2 and the branch-depth search run by default.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def test_stl_killed_in_its_second_model_resumes_exactly(tiny_set, tmp_path):
     assert b["test"]["eer_mean"] == pytest.approx(a["test"]["eer_mean"], abs=1e-9)
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_hc3_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
     args = _train_args(tiny_set, "--approach", "hc3", "--epochs", "2")
     args[args.index("--img-size") + 1] = "128"  # four row bands of the pooled map need 128 px
@@ -161,6 +164,7 @@ def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_pat
     assert done.returncode == 2 and "controller: 'reinforce' there, 'random' now" in done.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_bmtas_search_killed_at_the_warmup_boundary_and_in_the_search_resumes_exactly(tiny_set, tmp_path):
     """Killed right after the warm-up's checkpoint (the search phase's setup and first optimisers not
     made yet), then in the middle of a search epoch; the retraining resumes as any run does (above)."""
@@ -183,6 +187,7 @@ def test_bmtas_search_killed_at_the_warmup_boundary_and_in_the_search_resumes_ex
     assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_dag_killed_at_the_search_boundary_and_in_the_finetuning_resumes_exactly(tiny_set, tmp_path):
     """Killed right after the search's checkpoint (the masks written, the rewind and the binary mode not
     yet done), then in the middle of a fine-tuning epoch."""
@@ -194,6 +199,7 @@ def test_dag_killed_at_the_search_boundary_and_in_the_finetuning_resumes_exactly
         assert json.loads((tmp_path / "cut" / f).read_text()) == json.loads((tmp_path / "full" / f).read_text()), f
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_mtl_nas_killed_at_the_pretraining_boundary_and_in_the_search_resumes_exactly(tiny_set, tmp_path):
     """Killed right after the pretraining's checkpoint, then in the middle of a search epoch (the 50/50
     split of that epoch, the binary-concrete draws and the schedules must continue where they were),
