@@ -65,7 +65,8 @@ class CompareConfig(CommonConfig):
     the backbone and the image size of every row)."""
 
     methods: list[str] = option(["stl", "hc1", "hc2", "hc3", "depth", "bmtas"],
-                                "rows to run: stl, hc1, hc2, hc3 and the method packages (depth, bmtas, dag, mtl_nas)")
+                                "rows to run: stl, hc1, hc2, hc3 and the method packages (depth, bmtas, dag, mtl_nas, "
+                                "virtualnet)")
     seeds: list[int] = option([0, 1], "seeds of every row (the split stays the same)")
     epochs: int = option(10, "training epochs of every compared network")
     search_epochs: int = option(8, "epochs of a differentiable search (BMTAS), warm-up included")
@@ -212,8 +213,13 @@ def table(entries: list[dict], cfg: CompareConfig) -> str:
     families = {e["family"] for e in entries}
     notes = [f"Test split, mean ± sd over the seeds of each row; {cfg.epochs} training epochs per network; searches: "
              f"BMTAS {cfg.search_epochs} epochs, branch depth {cfg.trials} trials; {cfg.backbone} at {cfg.img_size} px"]
-    if families & {"dag", "mtl_nas"}:
-        notes.append(" (the DAG and MTL-NAS rows at most 64 px: one set of states or one branch per task or group)")
+    small = [n for f, n in (("dag", "DAG"), ("mtl_nas", "MTL-NAS"), ("virtualnet", "Auto-VirtualNet")) if f in families]
+    if small:
+        notes.append(f" (the {', '.join(small)} rows at most 64 px: one set of states, one branch or one path per task "
+                     "or group)")
+    if "virtualnet" in families:
+        notes.append("; Auto-VirtualNet: one row per cost level, its parameters those of the level's sliced paths (its "
+                     "memory is one backbone)")
     notes.append(".")
     if "stl" in families:
         notes.append(f" STL: {', '.join(cfg.stl_tasks)} only.")
@@ -237,7 +243,8 @@ def plot(entries: list[dict], path) -> None:
 
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
-    markers = {"stl": "v", "hc1": "s", "hc2": "s", "hc3": "s", "depth": "^", "bmtas": "o", "dag": "P", "mtl_nas": "X"}
+    markers = {"stl": "v", "hc1": "s", "hc2": "s", "hc3": "s", "depth": "^", "bmtas": "o", "dag": "P", "mtl_nas": "X",
+               "virtualnet": "*"}
     for e in entries:
         if e["test_eer_mean"] is None:
             continue

@@ -78,3 +78,13 @@ def test_mtl_nas(tmp_path, monkeypatch):
     assert "| final |" in text and "edges kept" in text and "| pretrain |" in text and "| search |" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the trace and the edges
     assert (tmp_path / "runs" / "notebook_07" / "edges.json").is_file()
+
+
+def test_virtualnet(tmp_path, monkeypatch):
+    nb = run_notebook("06_virtualnet.ipynb", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "") for o in outputs)
+    assert "| 1 | 0.5 |" in text and "| pretrain |" in text and "| search |" in text and "at level 1: counts" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the trace, the cost curves, the structures
+    assert (tmp_path / "runs" / "notebook_06" / "level3" / "model.keras").is_file()

@@ -3,7 +3,7 @@
 Each test runs a command twice at once: uninterrupted, and killed (``tests/_kill_worker.py``) in the
 middle of an epoch or right after a phase boundary's checkpoint; then resumes the killed one with
 ``--resume`` and compares the final weights, metrics and (for the searches) every trial and trace.
-The HC3, BMTAS, DAG and MTL-NAS runs take minutes each and are marked ``slow`` (``pytest -m slow
+The HC3, BMTAS, DAG, MTL-NAS and Auto-VirtualNet runs take minutes each and are marked ``slow`` (``pytest -m slow
 tests/test_resume.py``); STL, HC1, HC2 and the branch-depth search run by default.
 """
 
@@ -212,3 +212,32 @@ def test_mtl_nas_killed_at_the_pretraining_boundary_and_in_the_search_resumes_ex
     assert [r["kept"] for r in eb["rows"]] == [r["kept"] for r in ea["rows"]]
     np.testing.assert_allclose([r["logit"] for r in eb["rows"]], [r["logit"] for r in ea["rows"]], rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
+def test_virtualnet_killed_at_the_pretraining_boundary_and_in_the_agents_pass_resumes_exactly(tiny_set, tmp_path):
+    """Killed right after the pretraining's checkpoint, then in the middle of a search epoch's agent
+    pass (the reward baseline, the epsilon schedule and the agent's draws must continue where they
+    were): every level's model, metrics and history, the static counts and the agent's weights equal
+    the uninterrupted run's."""
+    import h5py
+
+    args = ["--data", str(tiny_set), "--img-size", "32", "--batch-size", "16", "--quiet", "--widths", "8", "16",
+            "--stem", "8", "--modules-per-stage", "1", "--pretrain-epochs", "1", "--search-epochs", "2",
+            "--tasks-per-step", "4"]
+    _run_killed_and_full("nas.virtualnet", args, tmp_path / "full", tmp_path / "cut", ["phase:1:pretrain", "step:1:8"])
+    for level in ("level1", "level2", "level3"):
+        _assert_same_run(tmp_path / "full" / level, tmp_path / "cut" / level)
+    ca, cb = (json.loads((tmp_path / d / "configurations.json").read_text()) for d in ("full", "cut"))
+    assert cb["static"] == ca["static"] and cb["validation_histogram"] == ca["validation_histogram"]
+
+    def arrays(path):
+        out = []
+        with h5py.File(path) as f:
+            f.visititems(lambda name, obj: out.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+    for (na, wa), (nb, wb) in zip(arrays(tmp_path / "full" / "virtualnet.weights.h5"),
+                                  arrays(tmp_path / "cut" / "virtualnet.weights.h5")):
+        assert na == nb
+        np.testing.assert_allclose(wb, wa, rtol=1e-5, atol=1e-6, err_msg=na)

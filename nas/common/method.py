@@ -68,5 +68,16 @@ class Budget:
     pretrain_epochs: int = 4
 
 
+def prepare(cfg, verbose: int = 1) -> tuple:
+    """``(train config, dataset, splits, pipelines)`` of a method's configuration (a
+    :class:`~nas.common.cli.CommonConfig`): the data, split and pipelines every method shares with
+    ``python -m icao_mtl.train``."""
+    from icao_mtl.runs import make_pipelines, prepare_data
+
+    tcfg = cfg.train_config()
+    ds, splits = prepare_data(tcfg, verbose=verbose)
+    return tcfg, ds, splits, make_pipelines(tcfg, splits)
+
+
 def budget_dir(out: Path, seed: int) -> Path:
     return Path(out) / f"seed{seed}"

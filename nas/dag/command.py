@@ -41,7 +41,7 @@ from icao_mtl.errors import ConfigError
 
 from ..common import cli
 from ..common.cli import CommonConfig, option
-from ..common.method import MethodResult, MethodRun
+from ..common.method import MethodResult, MethodRun, prepare
 from .graph import SubNetwork, edges, n_edges, relative_performance
 from .network import BACKBONE_STRIDES, DagSpec, build_network, gate_layers, transplant
 from .report import TraceWriter, plot_trace, write_topology
@@ -173,14 +173,6 @@ def accounting(final, full, spec: DagSpec, tasks) -> dict:
     return rows
 
 
-def _data(cfg: DagConfig, verbose: int):
-    from icao_mtl.runs import make_pipelines, prepare_data
-
-    tcfg = cfg.train_config()
-    ds, splits = prepare_data(tcfg, verbose=verbose)
-    return tcfg, splits, make_pipelines(tcfg, splits)
-
-
 def run(cfg: DagConfig, *, resume: bool = False) -> DagResult:
     """The three stages, the final pruned network's run directory and the topology; see the module
     docstring for the outputs."""
@@ -193,7 +185,7 @@ def run(cfg: DagConfig, *, resume: bool = False) -> DagResult:
     if cli.check_resume(out, record, cfg.identity(), resume, what="a DAG run") is None and holds_run(out):
         raise ConfigError(f"{out} already holds a run. Fix: choose another --out.")
     verbose = cfg.verbose
-    tcfg, splits, pipes = _data(cfg, verbose)
+    tcfg, _, splits, pipes = prepare(cfg, verbose)
     tasks = splits.train.tasks
     spec = cfg.spec(len(tasks))
     kappa = cfg.kappa * n_edges(spec.n, spec.m)

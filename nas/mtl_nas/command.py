@@ -45,7 +45,7 @@ from icao_mtl.errors import ConfigError
 
 from ..common import cli
 from ..common.cli import CommonConfig, option
-from ..common.method import MethodResult, MethodRun
+from ..common.method import MethodResult, MethodRun, prepare
 from .network import NetSpec, Supernet, build_net, load_pretrained, transplant
 from .report import plot_trace, write_edges
 from .search import groups, phases
@@ -165,14 +165,6 @@ def accounting(final, supernet: Supernet, spec: NetSpec, units: list) -> dict:
     return rows
 
 
-def _data(cfg: MtlNasConfig, verbose: int):
-    from icao_mtl.runs import make_pipelines, prepare_data
-
-    tcfg = cfg.train_config()
-    ds, splits = prepare_data(tcfg, verbose=verbose)
-    return tcfg, ds, splits, make_pipelines(tcfg, splits)
-
-
 def run(cfg: MtlNasConfig, *, resume: bool = False) -> MtlNasResult:
     """Pretraining, the search, the discretised final network's run directory and the edges; see the
     module docstring for the outputs."""
@@ -186,7 +178,7 @@ def run(cfg: MtlNasConfig, *, resume: bool = False) -> MtlNasResult:
     if cli.check_resume(out, record, cfg.identity(), resume, what="an MTL-NAS run") is None and holds_run(out):
         raise ConfigError(f"{out} already holds a run. Fix: choose another --out.")
     verbose = cfg.verbose
-    tcfg, ds, splits, pipes = _data(cfg, verbose)
+    tcfg, ds, splits, pipes = prepare(cfg, verbose)
     tasks = splits.train.tasks
     units = make_units(tasks, ds.groups, cfg.units)
     spec = cfg.spec()
