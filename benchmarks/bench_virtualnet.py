@@ -13,22 +13,9 @@ Measured in one process, interleaved, median of ``--repeats`` calls.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from _common import write
-
-
-def _latency(fn, x, repeats: int) -> float:
-    import tensorflow as tf
-
-    fn(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        tf.nest.map_structure(lambda v: v.numpy(), fn(x))
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2] / int(x.shape[0]) * 1000
 
 
 def main(argv=None) -> int:
@@ -39,10 +26,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import tensorflow as tf
 
     from icao_mtl import io as aio
-    from nas.common.madds import model_madds
+    from nas.common.madds import latency_ms, model_madds
     from nas.virtualnet import build_sliced, load, static_counts
 
     out = Path(args.run)
@@ -60,13 +46,8 @@ def main(argv=None) -> int:
         models[f"level {i + 1}, {task} alone"] = (build_sliced(net, {task: counts[tasks.index(task), i]},
                                                                name=f"{task}_level{i + 1}"),
                                                   lv["tasks"][task]["test_eer"])
-    rng = np.random.default_rng(0)
-    rows = {}
-    for batch in (1, 32):
-        x = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
-        fns = {name: tf.function(lambda v, m=m: m(v, training=False)) for name, (m, _) in models.items()}
-        for name, fn in fns.items():
-            rows.setdefault(name, {})[f"latency_ms_batch{batch}"] = _latency(fn, x, args.repeats)
+    rows = {name: {f"latency_ms_batch{b}": latency_ms(m, size, batch=b, repeats=args.repeats) for b in (1, 32)}
+            for name, (m, _) in models.items()}
     for name, (model, eer) in models.items():
         rows[name].update(params=int(model.count_params()), madds=model_madds(model), test_eer_mean=eer)
     for name, r in rows.items():

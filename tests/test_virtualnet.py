@@ -213,34 +213,28 @@ def test_the_agents_update_raises_the_probability_of_the_structure_of_lowest_cos
 
 # end to end ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory, data_root):
+def _digits_run(tmp_path_factory, data_root, name, **options):
     from nas.virtualnet import VirtualNetConfig, run
 
-    out = tmp_path_factory.mktemp("virtualnet") / "digits"
+    out = tmp_path_factory.mktemp(name) / "digits"
     mp = pytest.MonkeyPatch()
     mp.setenv("ICAO_MTL_DATA", str(data_root))
     try:
-        cfg = VirtualNetConfig(data="digits", pretrain_epochs=4, search_epochs=2, out=str(out), verbose=0)
-        return run(cfg), out
+        return run(VirtualNetConfig(data="digits", out=str(out), verbose=0, **options)), out
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, data_root):
+    return _digits_run(tmp_path_factory, data_root, "virtualnet", pretrain_epochs=4, search_epochs=2)
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, data_root):
     """A small run on digits (narrow backbone, one epoch of each phase) for the commands and the export."""
-    from nas.virtualnet import VirtualNetConfig, run
-
-    out = tmp_path_factory.mktemp("virtualnet_small") / "digits"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ICAO_MTL_DATA", str(data_root))
-    try:
-        cfg = VirtualNetConfig(data="digits", widths=[8, 16], stem=8, modules_per_stage=1, pretrain_epochs=1,
-                               search_epochs=1, per_sample=False, out=str(out), verbose=0)
-        return run(cfg), out
-    finally:
-        mp.undo()
+    return _digits_run(tmp_path_factory, data_root, "virtualnet_small", widths=[8, 16], stem=8, modules_per_stage=1,
+                       pretrain_epochs=1, search_epochs=1, per_sample=False)
 
 
 @pytest.mark.slow  # about 3 minutes: pytest -m slow tests/test_virtualnet.py

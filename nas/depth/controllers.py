@@ -17,6 +17,7 @@ search continues the same sequence.
 
 from __future__ import annotations
 
+import abc
 import base64
 import io
 import math
@@ -57,7 +58,7 @@ def _decode_arrays(text: str) -> list:
     with np.load(io.BytesIO(base64.b64decode(text))) as f:
         return [f[f"arr_{i}"] for i in range(len(f.files))]
 
-class _SpaceOracle(keras_tuner.Oracle):
+class _SpaceOracle(keras_tuner.Oracle, metaclass=abc.ABCMeta):
     """Shared logic: a :class:`BranchDepthSpace`, the objective (validation mean EER, minimised), the
     list of finished trials as ``(config, reward)`` and the hook :meth:`propose`."""
 
@@ -80,9 +81,9 @@ class _SpaceOracle(keras_tuner.Oracle):
         self.stop_reason: str | None = None
 
     # subclasses ---------------------------------------------------------------------------------
+    @abc.abstractmethod
     def propose(self) -> Config | None:
         """The next configuration, or None to stop (then set ``self.stop_reason``)."""
-        raise NotImplementedError
 
     def observe(self, config: Config, reward: float) -> None:
         """Learn from a finished trial (default: nothing)."""
@@ -131,8 +132,9 @@ class _PolicyOracle(_SpaceOracle):
     """A controller with a network: its variables, its optimiser's, the baseline and the last
     configuration are saved with the search (``policy`` holds the arrays as one base64 .npz)."""
 
+    @abc.abstractmethod
     def _policy_variables(self) -> list:
-        raise NotImplementedError  # each controller names its network's variables
+        """The variables of the controller's network (each controller names its own)."""
 
     def get_state(self):
         state = super().get_state()

@@ -253,7 +253,7 @@ def run(cfg: VirtualNetConfig, *, resume: bool = False) -> VirtualNetResult:
             model = build_sliced(net, {t: counts[ti, i] for ti, t in enumerate(tasks)}, name=f"virtualnet_level{i + 1}")
             rcfg = tcfg.copy(approach="virtualnet", out=str(level_dir))
             start_run_dir(level_dir, rcfg.to_dict(), splits, stage="final")
-            result = finish_run_dir(level_dir, rcfg, {"model": model}, pipes, splits, {"virtualnet": history},
+            finish_run_dir(level_dir, rcfg, {"model": model}, pipes, splits, {"virtualnet": history},
                                     verbose=verbose, level=i + 1)
             metrics = aio.read_json(level_dir / "metrics.json")["test"]
             per_task = {}
@@ -276,7 +276,6 @@ def run(cfg: VirtualNetConfig, *, resume: bool = False) -> VirtualNetResult:
             mean_params = float(np.mean([v["params"] for v in per_task.values()]))
             runs.append(MethodRun(f"level{i + 1}", level_dir, search_seconds=seconds, train_seconds=None,
                                   details={"level": i + 1, "rho": r["rhos"][i], "mean_task_params": mean_params}))
-            del result
         info = {"tasks": tasks, "spec": spec.to_dict(), "rhos": r["rhos"], "nesting": cfg.nesting,
                 "backbone_params": net.backbone_params(),
                 "agent_params": int(sum(int(np.prod(v.shape)) for v in net.agent_variables())),

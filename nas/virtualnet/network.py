@@ -374,36 +374,3 @@ def build_sliced(net: VirtualNet, counts: dict, *, name: str = "virtualnet") -> 
         model.get_layer(t).set_weights([np.concatenate([-w / 2, w / 2], 1), np.concatenate([-b / 2, b / 2])])
     return model
 
-
-def calibrate_batchnorm(model: keras.Model, batches) -> int:
-    """Recompute the moving statistics of the residual modules' batch norms of a sliced network from
-    its own activations (the exact mean over ``batches`` of the batch statistics), in place; returns
-    the number of batches. During training every batch mixes configurations, so the shared moving
-    statistics describe no single sub-network (as slimmable networks find); the stem, never split,
-    keeps its statistics."""
-    norms = [bn for layer in model.layers if isinstance(layer, NestedResidual) for bn in (layer.bn1, layer.bn2)]
-    if not norms:
-        return 0
-    saved = [bn.momentum for bn in norms]
-    stem = [layer for layer in model.layers
-            if isinstance(layer, keras.layers.BatchNormalization) and layer not in norms]
-    frozen = [(bn, bn.trainable) for bn in stem]
-    n = 0
-    try:
-        for bn in stem:
-            bn.trainable = False  # a non-trainable batch norm runs in inference mode
-        for bn in norms:
-            bn.moving_mean.assign(tf.zeros_like(bn.moving_mean))
-            bn.moving_variance.assign(tf.ones_like(bn.moving_variance))
-        for x in batches:
-            # momentum n / (n + 1): after n + 1 batches the moving value is the mean of their statistics
-            for bn in norms:
-                bn.momentum = n / (n + 1)
-            model(x, training=True)
-            n += 1
-    finally:
-        for bn, m in zip(norms, saved):
-            bn.momentum = m
-        for bn, t in frozen:
-            bn.trainable = t
-    return n
