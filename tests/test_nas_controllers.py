@@ -107,7 +107,7 @@ def test_controller_state_survives_a_reload_and_continues_the_same_sequence(cls,
 
 
 def test_reinforce_learns_the_bandit_where_random_rarely_finds_the_best(tmp_path):
-    budget, seeds = 60, range(8)
+    budget, seeds = 80, range(8)
     confident = 0
     for s in seeds:
         oracle = ReinforceOracle(SPACE, max_trials=budget, seed=s)
@@ -115,10 +115,33 @@ def test_reinforce_learns_the_bandit_where_random_rarely_finds_the_best(tmp_path
         confident += oracle.probability_of(BEST) >= 0.5
     random_found = sum(BEST in drive(RandomOracle(SPACE, max_trials=budget, seed=s), tmp_path / f"u{s}", budget)
                        for s in seeds)
-    # REINFORCE puts >= 0.5 on the best configuration for most seeds within 60 trials; uniform search
-    # finds it with probability 60/625 = 0.096 per seed.
+    # REINFORCE puts >= 0.5 on the best configuration for most seeds within 80 trials; uniform search
+    # finds it with probability 80/625 = 0.128 per seed.
     assert confident >= 6, confident
     assert random_found <= 2, random_found
+
+
+def gap_bandit(gap):
+    return lambda config: 0.9 - gap * sum(abs(a - b) for a, b in zip(config, BEST))
+
+
+def test_normalised_reinforce_is_scale_free_and_learns_half_a_point_gaps(tmp_path):
+    """Real children differ by a point or less: the default (normalised advantage) proposes the same
+    configurations whatever the reward scale, and learns a 0.5-point bandit that the raw advantage
+    does not move."""
+    small = drive(ReinforceOracle(SPACE, max_trials=30, seed=1), tmp_path / "s", 30, reward=gap_bandit(0.005))
+    large = drive(ReinforceOracle(SPACE, max_trials=30, seed=1), tmp_path / "l", 30, reward=gap_bandit(0.10))
+    assert small == large
+    learned, raw_p = 0, []
+    for s in range(4):
+        oracle = ReinforceOracle(SPACE, max_trials=80, seed=s)
+        drive(oracle, tmp_path / f"n{s}", 80, reward=gap_bandit(0.005))
+        learned += oracle.probability_of(BEST) >= 0.5
+        raw = ReinforceOracle(SPACE, max_trials=80, seed=s, normalize=False, learning_rate=1.0, entropy_weight=0.01)
+        drive(raw, tmp_path / f"r{s}", 80, reward=gap_bandit(0.005))
+        raw_p.append(raw.probability_of(BEST))
+    assert learned >= 3, learned
+    assert max(raw_p) < 0.05, raw_p
 
 
 def test_reinforce_stops_when_its_policy_has_converged(tmp_path):

@@ -61,9 +61,12 @@ class SearchConfig(CommonConfig):
     augment: str = option("reference", "augmentation preset of the cached views")
     lr: float = option(1e-3, "children's Adam learning rate")
     reward: str = option("accuracy", "accuracy (the paper) or eer (1 - mean EER)")
-    controller_lr: float = option(1.0, "REINFORCE's learning rate")
+    controller_lr: float = option(0.1, "REINFORCE's learning rate (per unit of normalised advantage)")
     baseline_decay: float = option(0.8, "REINFORCE's reward baseline decay")
-    entropy_weight: float = option(0.01, "REINFORCE's entropy bonus")
+    entropy_weight: float = option(0.05, "REINFORCE's entropy bonus")
+    normalize: bool = option(True, "REINFORCE: divide advantages by their running RMS, so steps do not depend on "
+                                   "the reward scale (with --no-normalize, --controller-lr 1 --entropy-weight 0.01 "
+                                   "suit rewards about 5 points apart)")
     cache_dir: str | None = option(None, "feature cache (default: OUT/feature_cache)")
 
     def validate(self) -> "SearchConfig":
@@ -209,7 +212,7 @@ def make_oracle(cfg: SearchConfig, space: BranchDepthSpace):
     kwargs = dict(max_trials=cfg.trials, seed=cfg.seed, reward=cfg.reward, max_consecutive_failed_trials=cfg.trials)
     if cfg.controller == "reinforce":
         kwargs.update(learning_rate=cfg.controller_lr, baseline_decay=cfg.baseline_decay,
-                      entropy_weight=cfg.entropy_weight, updates=cfg.child_epochs)
+                      entropy_weight=cfg.entropy_weight, updates=cfg.child_epochs, normalize=cfg.normalize)
     elif cfg.controller == "reference":
         kwargs.update(updates=cfg.child_epochs)
     return CONTROLLERS[cfg.controller](space, **kwargs)
