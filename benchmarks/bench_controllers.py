@@ -19,8 +19,6 @@ best true reward among the proposals, in points).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import tempfile
 import time
@@ -45,25 +43,6 @@ def bandit(gap: float, noise: float, seed: int):
     return true_reward, measured
 
 
-def drive(oracle, space, budget: int, measured, project: Path) -> list:
-    """The Tuner's loop without a model: propose, report metrics, end the trial."""
-    oracle._set_project_dir(str(project), "search")
-    oracle.verbose = 0
-    proposed = []
-    with contextlib.redirect_stdout(io.StringIO()):
-        for _ in range(budget):
-            trial = oracle.create_trial("tuner0")
-            if trial.status == "STOPPED":
-                break
-            config = space.from_values(trial.hyperparameters.values)
-            proposed.append(config)
-            r = measured(config)
-            oracle.update_trial(trial.trial_id, {"val_accuracy": r, "val_eer_mean": 1 - r})
-            trial.status = "COMPLETED"
-            oracle.end_trial(trial)
-    return proposed
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gaps", type=float, nargs="+", default=[0.5, 2.0, 10.0], help="points per depth step")
@@ -71,7 +50,7 @@ def main():
     parser.add_argument("--budget", type=int, default=80)
     args = parser.parse_args()
 
-    from nas.depth.controllers import RandomOracle, ReinforceOracle
+    from nas.depth.controllers import RandomOracle, ReinforceOracle, drive_with_rewards
     from nas.depth.space import BranchDepthSpace
 
     space = BranchDepthSpace.paper()
@@ -92,7 +71,8 @@ def main():
                     for s in range(args.seeds):
                         true_reward, measured = bandit(gap, gap / 2 if noisy else 0.0, s)
                         oracle = make(s)
-                        proposed = drive(oracle, space, args.budget, measured, Path(tmp) / f"{name}{gap}{noisy}{s}")
+                        project = Path(tmp) / f"{name}{gap}{noisy}{s}"
+                        proposed = drive_with_rewards(oracle, measured, args.budget, project)
                         found = proposed.index(BEST) + 1 if BEST in proposed else None
                         p_best = oracle.probability_of(BEST) if name != "random" else None
                         regret = 100 * (true_reward(BEST) - max(true_reward(c) for c in proposed))

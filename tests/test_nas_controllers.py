@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from icao_mtl.errors import ConfigError
-from nas.depth.controllers import RandomOracle, ReferenceOracle, ReinforceOracle, reachable_configs
+from nas.depth.controllers import RandomOracle, ReferenceOracle, ReinforceOracle, drive_with_rewards, reachable_configs
 from nas.depth.space import BranchDepthSpace
 
 SPACE = BranchDepthSpace.paper()
@@ -20,21 +20,7 @@ def bandit_reward(config):
 
 def drive(oracle, tmp_path, budget, reward=bandit_reward):
     """Run trials against made-up metrics (no model): the Oracle/Tuner split makes this possible."""
-    oracle._set_project_dir(str(tmp_path), "search")
-    oracle.verbose = 0
-    proposed = []
-    with contextlib.redirect_stdout(io.StringIO()):
-        for _ in range(budget):
-            trial = oracle.create_trial("tuner0")
-            if trial.status == "STOPPED":
-                break
-            config = SPACE.from_values(trial.hyperparameters.values)
-            proposed.append(config)
-            r = reward(config)
-            oracle.update_trial(trial.trial_id, {"val_accuracy": r, "val_eer_mean": 1 - r})
-            trial.status = "COMPLETED"
-            oracle.end_trial(trial)
-    return proposed
+    return drive_with_rewards(oracle, reward, budget, tmp_path)
 
 
 def test_space_enumeration_hashing_and_json():

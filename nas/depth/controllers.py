@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import contextlib
 import io
 import math
 
@@ -57,6 +58,38 @@ def _encode_arrays(arrays) -> str:
 def _decode_arrays(text: str) -> list:
     with np.load(io.BytesIO(base64.b64decode(text))) as f:
         return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+def drive_with_rewards(oracle, reward, trials: int, project_dir) -> list:
+    """Run an oracle against a reward function instead of trained models, as a keras-tuner Tuner drives
+    it (``create_trial`` / ``update_trial`` / ``end_trial``): for controller benchmarks and tests on
+    bandits whose best configuration is known.
+
+    Args:
+        oracle: one of this module's oracles.
+        reward: ``config -> float``, a validation accuracy in [0, 1] (reported as ``val_accuracy`` and
+            ``1 - reward`` as ``val_eer_mean``).
+        trials: at most this many trials (fewer when the oracle stops).
+        project_dir: where the oracle saves its state.
+
+    Returns:
+        the proposed configurations, in order.
+    """
+    oracle._set_project_dir(str(project_dir), "search")
+    oracle.verbose = 0
+    proposed = []
+    with contextlib.redirect_stdout(io.StringIO()):
+        for _ in range(trials):
+            trial = oracle.create_trial("tuner0")
+            if trial.status == "STOPPED":
+                break
+            config = oracle.space.from_values(trial.hyperparameters.values)
+            proposed.append(config)
+            r = float(reward(config))
+            oracle.update_trial(trial.trial_id, {"val_accuracy": r, "val_eer_mean": 1 - r})
+            trial.status = "COMPLETED"
+            oracle.end_trial(trial)
+    return proposed
+
 
 class _SpaceOracle(keras_tuner.Oracle, metaclass=abc.ABCMeta):
     """Shared logic: a :class:`BranchDepthSpace`, the objective (validation mean EER, minimised), the
