@@ -1,5 +1,6 @@
 """``python -m icao_mtl.check RUN_DIR photo.jpg [more ...] [--json OUT] [--heatmaps DIR]
-[--operating-point eer|fmr=0.01] [--backend keras|savedmodel|tflite [--export DIR]] [--crop-face]``
+[--operating-point eer|fmr=0.01] [--backend keras|savedmodel|tflite [--export DIR]]
+[--align landmarks|cascade|none]``
 
 Checks photos against the ICAO requisites with a trained run: for each photo and requisite a verdict
 (compliant, non-compliant, or not applicable where the run's model has no output for that requisite),
@@ -7,17 +8,23 @@ the score (probability of compliant) and the threshold used. Thresholds come fro
 validation split: the EER point (default), or the threshold whose false match rate (non-compliant
 photos accepted) is at most a target, ``--operating-point fmr=0.01``.
 
-Photos of any size, colour or grey, with or without alpha (composited on white), taken as framed
-(a passport photo is) and padded to a square; ``--crop-face`` looks for the face first (scikit-image's
-LBP frontal-face cascade) and crops the photo to the framing the models were trained on (face about
-40% of the width). A file that is not an image,
-a truncated image, a directory or a tiny image gets an error of its own; the other photos are still
-checked, and the exit code is 1 when some photo failed (2 for a problem with the run or the options).
+Photos of any size, colour or grey, with or without alpha (composited on white). Before scoring, a
+photo is aligned to the framing the models were trained on (``--align landmarks``, the default): the
+MTCNN face detector (the ``mtcnn`` package, weights inside the wheel) finds the face and its five
+landmarks, and the photo is scaled and shifted so that the eyes fall where the synthetic portraits put
+them (:func:`icao_mtl.synth.portrait.eye_framing`). It is **not rotated**: head roll is a requisite,
+and levelling the eyes would hide it; the roll measured from the eyes is reported. Without a face the
+photo is scored as it is (padded to a square) and the report says so. ``--align cascade`` uses
+scikit-image's LBP frontal-face cascade (no landmarks: the face box sets the framing), ``--align
+none`` takes the photo as framed. A file that is not an image, a truncated image, a directory or a
+tiny image gets an error of its own; the other photos are still checked, and the exit code is 1 when
+some photo failed (2 for a problem with the run or the options).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +39,9 @@ from .requisites import BY_ID, IDS
 MIN_SIDE = 32
 FACE_WIDTH_SHARE = 0.40  # face width / image width in the training framing
 FACE_CENTRE_HEIGHT = 0.45  # face centre / image height
+ALIGNMENTS = ("landmarks", "cascade", "none")
+#: MTCNN faces below this confidence are ignored.
+MIN_FACE_CONFIDENCE = 0.9
 
 
 class PhotoError(IcaoMtlError):
@@ -73,25 +83,105 @@ def load_photo(path) -> np.ndarray:
 
 @dataclass
 class Framing:
+    """How the image the model saw was obtained from the photo (reported in the JSON).
+
+    ``box`` is the face (x, y, width, height) in the photo's pixels; ``landmarks`` the five MTCNN points
+    (``left_eye`` is the eye on the image's left); ``crop`` the square (x0, y0, side) of the photo that
+    was resized to the model's input (it may extend past the photo: edges replicated);
+    ``eye_roll_degrees`` the angle of the eye line (positive: the eye on the image's right is lower)."""
+
     faces: int  # faces found (-1: not looked for)
     cropped: bool
     padded: bool = False
-    box: list | None = None  # the face (x, y, width, height) in the photo's pixels
+    box: list | None = None
     note: str = ""
+    method: str = "none"
+    confidence: float | None = None
+    landmarks: dict | None = None
+    crop: list | None = None
+    eye_roll_degrees: float | None = None
 
 
-def crop_to_framing(rgb: np.ndarray, box) -> np.ndarray:
-    """The square crop in which the face ``box`` (x, y, width, height) has the training framing: face
-    width 40% of the side, face centre at 45% of the height, centred horizontally (edges replicated
-    where the crop leaves the photo)."""
-    x, y, fw, fh = box
+def _square_crop(rgb: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """rgb[y0:y0 + size, x0:x0 + size], edges replicated where the square leaves the photo."""
     h, w = rgb.shape[:2]
-    size = max(MIN_SIDE, int(round(fw / FACE_WIDTH_SHARE)))
-    cx, cy = x + fw / 2, y + fh / 2
-    x0, y0 = int(round(cx - size / 2)), int(round(cy - FACE_CENTRE_HEIGHT * size))
     pad = max(0, -x0, -y0, x0 + size - w, y0 + size - h)
     padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
     return padded[y0 + pad:y0 + pad + size, x0 + pad:x0 + pad + size]
+
+
+def box_crop(box) -> tuple[int, int, int]:
+    """The square (x0, y0, side) in which the face ``box`` (x, y, width, height) has the training
+    framing: face width 40% of the side, face centre at 45% of the height, centred horizontally."""
+    x, y, fw, fh = box
+    size = max(MIN_SIDE, int(round(fw / FACE_WIDTH_SHARE)))
+    return int(round(x + fw / 2 - size / 2)), int(round(y + fh / 2 - FACE_CENTRE_HEIGHT * size)), size
+
+
+def crop_to_framing(rgb: np.ndarray, box) -> np.ndarray:
+    """The crop of :func:`box_crop` (edges replicated where it leaves the photo)."""
+    return _square_crop(rgb, *box_crop(box))
+
+
+def eye_crop(left_eye, right_eye) -> tuple[int, int, int]:
+    """The square (x0, y0, side), in photo pixels, in which the eyes lie where the training portraits
+    put them on average: their distance a share ``eye_framing()["distance"][1]`` of the side (about
+    0.16) and their midpoint at ``(mid_x, mid_y)`` (0.50, 0.41). Scale and shift only."""
+    from .synth.portrait import eye_framing
+
+    fr = eye_framing()
+    (xl, yl), (xr, yr) = left_eye, right_eye
+    distance = math.hypot(xr - xl, yr - yl)  # roll keeps the distance: it is not levelled
+    side = max(MIN_SIDE, int(round(distance / fr["distance"][1])))
+    mx, my = (xl + xr) / 2, (yl + yr) / 2
+    return int(round(mx - fr["mid_x"][1] * side)), int(round(my - fr["mid_y"][1] * side)), side
+
+
+def already_framed(shape, left_eye, right_eye) -> bool:
+    """Whether a square photo's eyes lie within the range of the training framings (then the photo is
+    used as it is: cropping would only resample it)."""
+    from .synth.portrait import eye_framing
+
+    h, w = shape[:2]
+    if h != w:
+        return False
+    fr = eye_framing()
+    (xl, yl), (xr, yr) = left_eye, right_eye
+    d = math.hypot(xr - xl, yr - yl) / w
+    mx, my = (xl + xr) / 2 / w, (yl + yr) / 2 / w
+    # margins for the landmarks' own error (2-3 px at 224 px on the synthetic portraits)
+    return (0.9 * fr["distance"][0] <= d <= 1.1 * fr["distance"][2]
+            and fr["mid_x"][0] - 0.02 <= mx <= fr["mid_x"][2] + 0.02
+            and fr["mid_y"][0] - 0.02 <= my <= fr["mid_y"][2] + 0.02)
+
+
+@functools.lru_cache(maxsize=1)
+def landmark_detector():
+    """The MTCNN detector (built once per process, about 1 s)."""
+    try:
+        from mtcnn import MTCNN
+    except ImportError:
+        raise ConfigError("Aligning photos needs the mtcnn package (a TensorFlow face detector whose weights ship "
+                          "in the wheel). Fix: pip install mtcnn, or check with --align cascade or --align none."
+                          ) from None
+    return MTCNN()
+
+
+def detect_faces(rgb: np.ndarray) -> list[dict]:
+    """MTCNN faces of confidence >= MIN_FACE_CONFIDENCE, largest first: ``box`` [x, y, w, h],
+    ``confidence`` and ``keypoints`` (left_eye, right_eye, nose, mouth_left, mouth_right as [x, y])."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # mtcnn may print while it traces
+        found = landmark_detector().detect_faces(np.ascontiguousarray(rgb))
+    faces = []
+    for f in found or []:
+        if float(f["confidence"]) < MIN_FACE_CONFIDENCE:
+            continue
+        faces.append({"box": [int(v) for v in f["box"]], "confidence": float(f["confidence"]),
+                      "keypoints": {k: [float(p[0]), float(p[1])] for k, p in f["keypoints"].items()}})
+    return sorted(faces, key=lambda f: -f["box"][2] * f["box"][3])
 
 
 def pad_to_square(rgb: np.ndarray) -> np.ndarray:
@@ -105,39 +195,67 @@ def pad_to_square(rgb: np.ndarray) -> np.ndarray:
     return np.pad(rgb, spec, mode="edge")
 
 
-def frame_face(rgb: np.ndarray, crop_face: bool = False) -> tuple[np.ndarray, Framing]:
-    """The square image the model sees, and how it was obtained.
+def _align_landmarks(rgb: np.ndarray, framing: Framing) -> np.ndarray:
+    faces = detect_faces(rgb)
+    framing.faces = len(faces)
+    if not faces:
+        framing.note = "no face found: the photo was scored as it is"
+        return rgb
+    face = faces[0]
+    k = face["keypoints"]
+    framing.box, framing.confidence, framing.landmarks = face["box"], face["confidence"], k
+    (xl, yl), (xr, yr) = k["left_eye"], k["right_eye"]
+    framing.eye_roll_degrees = math.degrees(math.atan2(yr - yl, xr - xl))
+    many = f"{len(faces)} faces found, the largest checked; " if len(faces) > 1 else ""
+    if already_framed(rgb.shape, k["left_eye"], k["right_eye"]):
+        framing.note = many + "eyes already where the training photos have them"
+        return rgb
+    x0, y0, side = eye_crop(k["left_eye"], k["right_eye"])
+    framing.crop, framing.cropped = [x0, y0, side], True
+    framing.note = many + "aligned on the eyes (scale and shift, no rotation)"
+    return _square_crop(rgb, x0, y0, side)
 
-    Without ``crop_face`` the photo is taken as framed (a passport photo is) and padded to a square.
-    With it, the LBP frontal-face cascade of scikit-image looks for faces at least a fifth of the
-    photo's short side; with one or more, the largest is cropped to the training framing (see
-    :func:`crop_to_framing`) unless it is framed so already. The cascade is a classical detector:
-    it misses many faces (the report says so, and the whole photo is checked).
+
+def _align_cascade(rgb: np.ndarray, framing: Framing) -> np.ndarray:
+    import skimage.data
+    import skimage.feature
+
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    detector = skimage.feature.Cascade(skimage.data.lbp_frontal_face_cascade_filename())
+    faces = detector.detect_multi_scale(rgb.mean(-1) / 255.0, scale_factor=1.2, step_ratio=1,
+                                        min_size=(side // 5, side // 5), max_size=(side, side))
+    framing.faces = len(faces)
+    if not faces:
+        framing.note = "no face found: the photo was scored as it is"
+        return rgb
+    face = max(faces, key=lambda f: f["width"])
+    framing.box = [int(face["c"]), int(face["r"]), int(face["width"]), int(face["height"])]
+    many = f"{len(faces)} faces found, the largest checked; " if len(faces) > 1 else ""
+    share = face["width"] / w
+    if 0.3 <= share <= 0.55 and abs(face["c"] + face["width"] / 2 - w / 2) < 0.1 * w and h == w:
+        framing.note = many + "already framed like the training photos"
+        return rgb
+    framing.cropped, framing.crop = True, list(box_crop(framing.box))
+    framing.note = many + "cropped to the training framing"
+    return _square_crop(rgb, *framing.crop)
+
+
+def frame_face(rgb: np.ndarray, align: str = "landmarks") -> tuple[np.ndarray, Framing]:
+    """The square image the model sees, and how it was obtained (see the module docstring).
+
+    Args:
+        rgb: the photo, uint8 (H, W, 3).
+        align: "landmarks" (MTCNN eyes, the default), "cascade" (scikit-image's LBP cascade, a face
+            box only; a classical detector that misses many faces) or "none" (as framed).
     """
-    framing = Framing(faces=-1, cropped=False)
-    if crop_face:
-        import skimage.data
-        import skimage.feature
-
-        h, w = rgb.shape[:2]
-        side = min(h, w)
-        detector = skimage.feature.Cascade(skimage.data.lbp_frontal_face_cascade_filename())
-        faces = detector.detect_multi_scale(rgb.mean(-1) / 255.0, scale_factor=1.2, step_ratio=1,
-                                            min_size=(side // 5, side // 5), max_size=(side, side))
-        framing.faces = len(faces)
-        if not faces:
-            framing.note = "no face found: the whole photo was checked"
-        else:
-            face = max(faces, key=lambda f: f["width"])
-            framing.box = [int(face["c"]), int(face["r"]), int(face["width"]), int(face["height"])]
-            many = f"{len(faces)} faces found, the largest checked; " if len(faces) > 1 else ""
-            share = face["width"] / w
-            if 0.3 <= share <= 0.55 and abs(face["c"] + face["width"] / 2 - w / 2) < 0.1 * w and h == w:
-                framing.note = many + "already framed like the training photos"
-            else:
-                rgb = crop_to_framing(rgb, framing.box)
-                framing.cropped = True
-                framing.note = many + "cropped to the training framing"
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"Unknown alignment {align!r}. Fix: --align one of {', '.join(ALIGNMENTS)}.")
+    framing = Framing(faces=-1, cropped=False, method=align)
+    if align == "landmarks":
+        rgb = _align_landmarks(rgb, framing)
+    elif align == "cascade":
+        rgb = _align_cascade(rgb, framing)
     if rgb.shape[0] != rgb.shape[1]:
         rgb = pad_to_square(rgb)
         framing.padded = True
@@ -211,7 +329,7 @@ class PhotoReport:
     heatmaps: dict = field(default_factory=dict)
 
 
-def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str = "keras", crop_face: bool = False,
+def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str = "keras", align: str = "landmarks",
                  heatmaps_dir=None, export_dir=None) -> list[PhotoReport]:
     """Check photos with a run; one report per photo (failed photos carry their error).
 
@@ -220,6 +338,10 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
     import cv2
 
     run_dir = Path(run_dir)
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"Unknown alignment {align!r}. Fix: --align one of {', '.join(ALIGNMENTS)}.")
+    if align == "landmarks":
+        landmark_detector()  # a missing mtcnn is said before any photo is read
     if not run_dir.is_dir():
         raise ConfigError(f"Run directory {run_dir} not found. Fix: pass the directory of a training run.")
     models = None
@@ -244,7 +366,7 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
     for photo in photos:
         try:
             rgb = load_photo(photo)
-            framed, framing = frame_face(rgb, crop_face)
+            framed, framing = frame_face(rgb, align)
             img = cv2.resize(framed, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
             scores = predictor.predict(img[None])
         except PhotoError as exc:
@@ -303,10 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="keras", choices=("keras", "savedmodel", "tflite"))
     p.add_argument("--export", default=None, help="export directory for --backend savedmodel/tflite "
                                                   "(default RUN_DIR/export/<backend>)")
-    p.add_argument("--crop-face", action="store_true", help="find the face and crop to the training framing")
+    p.add_argument("--align", default="landmarks", choices=ALIGNMENTS,
+                   help="landmarks: MTCNN eyes to the training framing (default); cascade: scikit-image's face "
+                        "cascade; none: the photo as framed")
+    p.add_argument("--crop-face", action="store_const", const="cascade", dest="align",
+                   help="the former option: the same as --align cascade")
     args = p.parse_args(argv)
     reports = check_photos(args.run_dir, args.photos, operating_point=args.operating_point, backend=args.backend,
-                           crop_face=args.crop_face, heatmaps_dir=args.heatmaps, export_dir=args.export)
+                           align=args.align, heatmaps_dir=args.heatmaps, export_dir=args.export)
     for r in reports:
         print(format_report(r))
     if args.json:

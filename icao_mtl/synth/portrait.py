@@ -35,6 +35,28 @@ BROW_V = -0.45
 MOUTH_V, MOUTH_HW = 0.62, 0.24
 NOSE_TIP_V = 0.30
 
+# Where the face lies, in pixels of a REFERENCE_SIZE portrait: half-width a ~ U(FACE_HALF_WIDTH), centre
+# FACE_CENTRE plus uniform jitters.
+FACE_HALF_WIDTH = (40.0, 50.0)
+FACE_CENTRE = (112.0, 100.0)
+FACE_JITTER_X, FACE_JITTER_Y = (-8.0, 8.0), (-6.0, 8.0)
+
+
+def eye_framing() -> dict:
+    """Where the portraits put the eyes (pose zero), as shares of the image side: the distance between
+    the eye centres and their midpoint, each as (low, mean, high) over the sampled framings. A real
+    photo aligned so that its eyes fall at the means is framed like the training images."""
+    lo, hi = FACE_HALF_WIDTH
+    distance = tuple(2 * EYE_U * a / REFERENCE_SIZE for a in (lo, (lo + hi) / 2, hi))
+    xs = [FACE_CENTRE[0] + j for j in FACE_JITTER_X]
+    mid_x = (xs[0] / REFERENCE_SIZE, (xs[0] + xs[1]) / 2 / REFERENCE_SIZE, xs[1] / REFERENCE_SIZE)
+    # the eye line lies EYE_V * a from the face centre (EYE_V < 0: above it)
+    ys = [FACE_CENTRE[1] + j + EYE_V * a for j in FACE_JITTER_Y for a in FACE_HALF_WIDTH]
+    mean_y = FACE_CENTRE[1] + sum(FACE_JITTER_Y) / 2 + EYE_V * sum(FACE_HALF_WIDTH) / 2
+    mid_y = (min(ys) / REFERENCE_SIZE, mean_y / REFERENCE_SIZE, max(ys) / REFERENCE_SIZE)
+    return {"distance": distance, "mid_x": mid_x, "mid_y": mid_y}
+
+
 SKIN_LOCUS = np.array([(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 90), (160, 105, 70),
                        (120, 75, 50), (85, 55, 38)], np.float32)
 HAIR_COLOURS = ((25, 20, 18), (60, 40, 25), (100, 70, 45), (200, 170, 110), (140, 60, 30), (150, 150, 150),
@@ -145,10 +167,10 @@ def sample_portrait(seed: int, index: int, size: int = REFERENCE_SIZE, overrides
 
     # The look of the person and of the photo.
     k = size / REFERENCE_SIZE
-    look["a"] = float(rng.uniform(40, 50) * k)
+    look["a"] = float(rng.uniform(*FACE_HALF_WIDTH) * k)
     look["e"] = float(rng.uniform(1.22, 1.40))
-    look["cx"] = float((112 + rng.uniform(-8, 8)) * k)
-    look["cy"] = float((100 + rng.uniform(-6, 8)) * k)
+    look["cx"] = float((FACE_CENTRE[0] + rng.uniform(*FACE_JITTER_X)) * k)
+    look["cy"] = float((FACE_CENTRE[1] + rng.uniform(*FACE_JITTER_Y)) * k)
     look["skin"] = _skin_colour(rng)
     look["skin_hue_sign"] = float(rng.choice([-1.0, 1.0]))
     look["hair_colour"] = list(_pick(rng, HAIR_COLOURS))
