@@ -21,7 +21,7 @@ from typing import Callable
 
 import keras
 
-from .backbones import HEAD_PREFIX, build_backbone, check_image_size, spec
+from .backbones import HEAD_PREFIX, Preprocess, build_backbone, check_image_size, spec
 from .errors import ConfigError
 
 ARCHITECTURES: dict[str, Callable] = {}
@@ -64,7 +64,10 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def resolved_size(self) -> int:
-        return self.image_size or spec(self.backbone).default_size
+        if self.image_size:
+            return self.image_size
+        # regions reads the eyes at the synthetic set's full resolution
+        return REGIONS_DEFAULT_SIZE if self.approach == "regions" else spec(self.backbone).default_size
 
     def validate(self) -> "ModelConfig":
         if self.approach not in ARCHITECTURES:
@@ -219,6 +222,80 @@ def hc3_head(features, tasks, groups, cfg: ModelConfig):
     return {t: out[t] for t in tasks}
 
 
+# ---------------------------------------------------------------------------------------------------
+# Regions: a whole image at half resolution and the eye band at full resolution
+
+#: The eye band, as shares of the side: rows and columns that hold both eyes for every framing the
+#: synthetic portraits use (:func:`icao_mtl.synth.portrait.eye_framing`: midpoint rows 0.37-0.44,
+#: columns 0.46-0.54; eye distance up to 0.18 of the side; an eye 0.08 wide), plus 0.06 for the
+#: small shifts of training augmentation and of alignment errors.
+EYE_BAND_ROWS = (0.29, 0.53)
+EYE_BAND_COLS = (0.27, 0.73)
+#: Input side of the regions approach when none is given (the synthetic set's resolution).
+REGIONS_DEFAULT_SIZE = 224
+#: Input side above which the whole-image branch of the small CNN reads a 2x average-pooled image.
+REGIONS_POOL_ABOVE = 160
+
+
+def _conv_bn(x, filters: int, name: str, strides: int = 1):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
+    """The ``regions`` approach: what a requisite concerns decides the resolution it is seen at.
+
+    At 128 px a pupil is about 2 px wide and an iris 4 px; the small CNN's stride-2 stem and three
+    poolings leave them a fraction of one feature cell, and global average pooling then dilutes the
+    few cells they touch among 64. This model reads the photo twice:
+
+    - the **whole image** through the backbone (the small CNN reads it 2x average-pooled when the
+      input is larger than 160 px, e.g. 112 px from 224), pooled three ways: average, max (a few
+      bright or dark cells, such as a flash spot), and a 1x1 convolution to 8 channels kept as a
+      flattened map (the layout that head pose changes);
+    - the **eye band** (rows 0.29-0.53, columns 0.27-0.73 of the side: both eyes for every training
+      framing) cropped from the input at its full resolution, through four 3x3 conv-BN-ReLU layers
+      (16, 24, 48, 64 filters; the first two at stride 1, then max pooling after each), average- and
+      max-pooled.
+
+    Every requisite has its own D(64) -> D(2) on the concatenation, as in Handcrafted 2. Photos
+    must be framed as the training portraits are (``check`` aligns real photos on the eyes). The eye
+    branch's layers are head layers (``head_eyes_*``): they train when a pretrained backbone is
+    frozen, and Grad-CAM explains the whole-image branch.
+
+    Shapes at 224 px: eye band 54 x 104 px; whole-image map 7 x 7 x 128.
+    """
+    size = cfg.resolved_size()
+    inputs = keras.Input((size, size, 3), name="image")
+    pool = 2 if cfg.backbone == "small_cnn" and size > REGIONS_POOL_ABOVE else 1
+    fmap, _ = build_backbone(cfg.backbone, inputs, weights=cfg.weights, alpha=cfg.alpha, downsample=pool)
+    g_avg = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}global_gap")(fmap)
+    g_max = keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}global_gmp")(fmap)
+    g_map = keras.layers.Conv2D(8, 1, activation="relu", name=f"{HEAD_PREFIX}global_layout")(fmap)
+    g_map = keras.layers.Flatten(name=f"{HEAD_PREFIX}global_layout_flat")(g_map)
+
+    top, bottom = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_ROWS[1] * size))
+    left, right = int(round(EYE_BAND_COLS[0] * size)), int(round(EYE_BAND_COLS[1] * size))
+    # The eye branch is part of the head (HEAD_PREFIX): it trains even when a pretrained backbone is frozen.
+    e = keras.layers.Cropping2D(((top, size - bottom), (left, size - right)), name=f"{HEAD_PREFIX}eyes_crop")(inputs)
+    e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess")(e)
+    for i, filters in enumerate((16, 24, 48, 64)):
+        e = _conv_bn(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
+        if i >= 1:
+            e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
+    e_avg = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}eyes_gap")(e)
+    e_max = keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}eyes_gmp")(e)
+    joined = keras.layers.Concatenate(name=f"{HEAD_PREFIX}regions")([g_avg, g_max, g_map, e_avg, e_max])
+    outputs = {t: _dense_branch(joined, t, 1) for t in tasks}
+    return keras.Model(inputs, outputs, name=f"regions_{cfg.backbone}")
+
+
+#: Approaches that build the whole model from the image (not a head on one backbone map).
+MODEL_BUILDERS: dict[str, Callable] = {"regions": build_regions_model}
+ARCHITECTURES["regions"] = build_regions_model
+
+
 def build_model(cfg: ModelConfig, tasks, groups: dict | None = None) -> keras.Model:
     """Build the model ``cfg.approach`` for ``tasks``.
 
@@ -234,6 +311,8 @@ def build_model(cfg: ModelConfig, tasks, groups: dict | None = None) -> keras.Mo
     tasks = tuple(tasks)
     if not tasks:
         raise ConfigError("No tasks to build a model for. Fix: pass at least one task id.")
+    if cfg.approach in MODEL_BUILDERS:
+        return MODEL_BUILDERS[cfg.approach](cfg, tasks, groups or {"all": tasks})
     size = cfg.resolved_size()
     inputs = keras.Input((size, size, 3), name="image")
     features, _ = build_backbone(cfg.backbone, inputs, weights=cfg.weights, alpha=cfg.alpha)

@@ -134,7 +134,7 @@ def _application(name: str):
             "inception_v3": apps.InceptionV3, "resnet50_v2": apps.ResNet50V2}[name]
 
 
-def build_backbone(name: str, inputs, *, weights: str = "imagenet", alpha: float = 1.0):
+def build_backbone(name: str, inputs, *, weights: str = "imagenet", alpha: float = 1.0, downsample: int = 1):
     """Build a backbone on the raw-image tensor ``inputs`` (values in [0, 255]).
 
     Args:
@@ -142,6 +142,7 @@ def build_backbone(name: str, inputs, *, weights: str = "imagenet", alpha: float
         inputs: a ``keras.Input`` of shape (size, size, 3).
         weights: "imagenet", "none" or the path of a weights file.
         alpha: width multiplier (MobileNetV2 only).
+        downsample: average-pool the image by this factor before the backbone reads it.
 
     Returns:
         ``(features, backbone)``: the feature-map tensor of shape (None, h, w, c), and a functional
@@ -164,7 +165,11 @@ def build_backbone(name: str, inputs, *, weights: str = "imagenet", alpha: float
     if name != "mobilenet_v2" and alpha != 1.0:
         raise ConfigError(f"alpha (the width multiplier) only applies to mobilenet_v2. Received alpha={alpha} for "
                           f"{name!r}. Fix: leave --alpha at 1.0.")
-    x = Preprocess(s.preprocess, name="preprocess")(inputs)
+    x = inputs
+    if downsample > 1:
+        x = keras.layers.AveragePooling2D(downsample, name="downsample")(x)
+        check_image_size(name, size // downsample)
+    x = Preprocess(s.preprocess, name="preprocess")(x)
     if name == "small_cnn":
         features = _small_cnn(x)
         backbone = keras.Model(inputs, features, name="small_cnn")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-APPROACHES = ("stl", "hc1", "hc2", "hc3", "nas")
+APPROACHES = ("stl", "hc1", "hc2", "hc3", "nas", "regions")
 
 #: The paper's reported experiments (spec section 6.4), as option sets for ``--preset``. They need
 #: ImageNet weights (or ``--weights PATH``) to mean what the paper meant.
