@@ -1,4 +1,5 @@
-"""The paper's networks: single-task (STL), Handcrafted 1, 2 and 3, and the NAS generic model.
+"""The paper's networks: single-task (STL), Handcrafted 1, 2 and 3, and the NAS generic model; and
+this package's ``regions`` model (:func:`build_regions_model`), which reads the eyes at full resolution.
 
 Every model takes raw RGB images (values in [0, 255]) and returns a dict ``{task id: probabilities of
 shape (batch, 2)}`` (column 1 = compliant), one softmax output per task, named by the task id. Labels
@@ -257,7 +258,9 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     - the **eye band** (rows 0.29-0.53, columns 0.27-0.73 of the side: both eyes for every training
       framing) cropped from the input at its full resolution, through four 3x3 conv-BN-ReLU layers
       (16, 24, 48, 64 filters; the first two at stride 1, then max pooling after each), average- and
-      max-pooled.
+      max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
+      flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
+      roll and yaw move by a few pixels.
 
     Every requisite has its own D(64) -> D(2) on the concatenation, as in Handcrafted 2. Photos
     must be framed as the training portraits are (``check`` aligns real photos on the eyes). The eye
@@ -284,9 +287,14 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         e = _conv_bn(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
         if i >= 1:
             e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
-    e_avg = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}eyes_gap")(e)
-    e_max = keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}eyes_gmp")(e)
-    joined = keras.layers.Concatenate(name=f"{HEAD_PREFIX}regions")([g_avg, g_max, g_map, e_avg, e_max])
+    parts = [g_avg, g_max, g_map,
+             keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}eyes_gap")(e),
+             keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}eyes_gmp")(e)]
+    if cfg.extra.get("eye_layout", True):
+        # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
+        e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)
+        parts.append(keras.layers.Flatten(name=f"{HEAD_PREFIX}eyes_layout_flat")(e_map))
+    joined = keras.layers.Concatenate(name=f"{HEAD_PREFIX}regions")(parts)
     outputs = {t: _dense_branch(joined, t, 1) for t in tasks}
     return keras.Model(inputs, outputs, name=f"regions_{cfg.backbone}")
 

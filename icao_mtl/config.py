@@ -60,6 +60,7 @@ class TrainConfig:
     alpha: float = 1.0
     dropout: float = 0.3
     nas_config: list | None = None
+    eye_layout: bool = True  # regions: keep the eye band's layout beside its pooled features
     freeze_backbone: bool | None = None  # default: frozen with pretrained weights, trained from scratch otherwise
     # training
     epochs: int = 24
@@ -138,7 +139,8 @@ class TrainConfig:
 
         return ModelConfig(approach=self.approach, backbone=self.backbone, weights=self.weights,
                            image_size=self.img_size, alpha=self.alpha, dropout=self.dropout,
-                           nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed)
+                           nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed,
+                           extra={"eye_layout": self.eye_layout} if self.approach == "regions" else {})
 
     def augment_config(self):
         from .data import augment_config

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_const", const=True, default=None)
     p.add_argument("--train-backbone", dest="freeze_backbone", action="store_const", const=False, default=None)
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False, default=None)
+    p.add_argument("--no-eye-layout", dest="eye_layout", action="store_const", const=False, default=None,
+                   help="regions: only pooled features of the eye band (no layout map)")
     p.add_argument("--split", default=None, help="train,val,test fractions (default 0.75,0.15,0.10)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
@@ -91,7 +93,7 @@ def config_from_args(args) -> TrainConfig:
         stored = Path(args.out) / "config.json"
         if stored.is_file():
             base = TrainConfig.from_json(stored)
-    changes = {k: getattr(args, k) for k in (*_FLAGS, "flip", "freeze_backbone", "cache") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in (*_FLAGS, "flip", "freeze_backbone", "cache", "eye_layout") if getattr(args, k) is not None}
     if args.nas_config:
         try:
             changes["nas_config"] = [int(v) for v in args.nas_config.split(",")]
