@@ -29,11 +29,6 @@ import numpy as np
 from _common import write
 
 
-def _read(path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _rates(labels: np.ndarray, scores: np.ndarray) -> dict:
     from sklearn.metrics import roc_auc_score
 
@@ -47,22 +42,21 @@ def _rates(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def synthetic_part(run: Path) -> dict:
-    from icao_mtl import data as idata
-    from icao_mtl import io as aio
     from icao_mtl import quality
+    from icao_mtl.analyze import split_dataset_of_run
+    from icao_mtl.check import load_photo
+    from icao_mtl.config import TrainConfig
     from icao_mtl.runs import read_scores
 
-    cfg = aio.read_json(run / "config.json")
-    root = idata.resolve(cfg.get("data"), synth_n=cfg.get("synth_n", 6000), synth_size=cfg.get("synth_size", 224),
-                         progress=False)
-    ds = idata.read_dataset(root, check_images="none")
+    cfg = TrainConfig.from_json(run / "config.json")
+    test = split_dataset_of_run(run, cfg, "test")
     names, model_scores, labels = read_scores(run / "scores_test.csv")
-    index = {n: i for i, n in enumerate(ds.names)}
-    test_images = [_read(ds.paths[index[n]]) for n in names]
-    split = {row.split(",")[0]: row.split(",")[1] for row in (run / "split.csv").read_text().split("\n")[1:] if row}
-    skin_col = ds.tasks.index("skin_tone")
-    train_compliant = [i for i, n in enumerate(ds.names) if split.get(n) == "train" and ds.labels[i, skin_col] == 1]
-    reference = quality.SkinReference([_read(ds.paths[i]) for i in train_compliant[:600]])
+    if list(test.names) != list(names):
+        raise SystemExit(f"{run}/scores_test.csv does not list the run's test split. Fix: re-evaluate the run.")
+    test_images = [load_photo(p) for p in test.paths]
+    train = split_dataset_of_run(run, cfg, "train")
+    compliant_skin = np.flatnonzero(train.labels[:, train.tasks.index("skin_tone")] == 1)[:600]
+    reference = quality.SkinReference([load_photo(train.paths[i]) for i in compliant_skin])
     measures = {**quality.MEASURES, "skin_tone": lambda im: quality.skin_tone_score(im, reference)}
     out = {}
     for task, measure in measures.items():
@@ -89,7 +83,7 @@ def lfw_part(run: Path, limit: int | None) -> dict:
     images, framed, found = [], [], 0
     t0 = time.perf_counter()
     for i in order:
-        rgb = _read(ds.paths[i])
+        rgb = check.load_photo(ds.paths[i])
         images.append(rgb)
         square, framing = check.frame_face(rgb)
         found += framing.faces > 0

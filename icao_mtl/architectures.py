@@ -22,7 +22,7 @@ from typing import Callable
 
 import keras
 
-from .backbones import HEAD_PREFIX, Preprocess, build_backbone, check_image_size, spec
+from .backbones import HEAD_PREFIX, Preprocess, build_backbone, check_image_size, conv_bn_relu, spec
 from .errors import ConfigError
 
 ARCHITECTURES: dict[str, Callable] = {}
@@ -71,8 +71,9 @@ class ModelConfig:
         return REGIONS_DEFAULT_SIZE if self.approach == "regions" else spec(self.backbone).default_size
 
     def validate(self) -> "ModelConfig":
-        if self.approach not in ARCHITECTURES:
-            raise ConfigError(f"Unknown approach {self.approach!r}. Fix: choose one of {', '.join(ARCHITECTURES)}.")
+        if self.approach not in ARCHITECTURES and self.approach not in MODEL_BUILDERS:
+            raise ConfigError(f"Unknown approach {self.approach!r}. Fix: choose one of "
+                              f"{', '.join([*ARCHITECTURES, *MODEL_BUILDERS])}.")
         spec(self.backbone)
         check_image_size(self.backbone, self.resolved_size())
         if not 0 <= self.dropout < 1:
@@ -238,12 +239,6 @@ REGIONS_DEFAULT_SIZE = 224
 REGIONS_POOL_ABOVE = 160
 
 
-def _conv_bn(x, filters: int, name: str, strides: int = 1):
-    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
 def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     """The ``regions`` approach: what a requisite concerns decides the resolution it is seen at.
 
@@ -284,7 +279,7 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     e = keras.layers.Cropping2D(((top, size - bottom), (left, size - right)), name=f"{HEAD_PREFIX}eyes_crop")(inputs)
     e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess")(e)
     for i, filters in enumerate((16, 24, 48, 64)):
-        e = _conv_bn(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
+        e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
         if i >= 1:
             e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
     parts = [g_avg, g_max, g_map,
@@ -301,7 +296,6 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
 
 #: Approaches that build the whole model from the image (not a head on one backbone map).
 MODEL_BUILDERS: dict[str, Callable] = {"regions": build_regions_model}
-ARCHITECTURES["regions"] = build_regions_model
 
 
 def build_model(cfg: ModelConfig, tasks, groups: dict | None = None) -> keras.Model:

@@ -115,14 +115,18 @@ def check_image_size(name: str, size: int) -> int:
     return size
 
 
+def conv_bn_relu(x, filters: int, name: str, strides: int = 1):
+    """A 3x3 convolution (no bias), batch normalisation and ReLU, named ``<name>_conv/_bn/_relu``."""
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
 def _small_cnn(x, widths=(16, 32, 64, 128, 128)):
     """Five 3x3 conv-BN-ReLU blocks: a stride-2 stem, then three with max pooling, then one without.
     For a 128 px input the output is 8x8x128 (the stride of 16 keeps the grouped models' row bands)."""
     for i, w in enumerate(widths):
-        x = keras.layers.Conv2D(w, 3, strides=2 if i == 0 else 1, padding="same", use_bias=False,
-                                name=f"small_cnn_block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"small_cnn_block{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"small_cnn_block{i}_relu")(x)
+        x = conv_bn_relu(x, w, f"small_cnn_block{i}", strides=2 if i == 0 else 1)
         if 1 <= i <= 3:
             x = keras.layers.MaxPooling2D(name=f"small_cnn_block{i}_pool")(x)
     return x

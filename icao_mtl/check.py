@@ -241,6 +241,11 @@ def _align_cascade(rgb: np.ndarray, framing: Framing) -> np.ndarray:
     return _square_crop(rgb, *framing.crop)
 
 
+def _check_alignment(align: str) -> None:
+    if align not in ALIGNMENTS:
+        raise ConfigError(f"Unknown alignment {align!r}. Fix: --align one of {', '.join(ALIGNMENTS)}.")
+
+
 def frame_face(rgb: np.ndarray, align: str = "landmarks") -> tuple[np.ndarray, Framing]:
     """The square image the model sees, and how it was obtained (see the module docstring).
 
@@ -249,8 +254,7 @@ def frame_face(rgb: np.ndarray, align: str = "landmarks") -> tuple[np.ndarray, F
         align: "landmarks" (MTCNN eyes, the default), "cascade" (scikit-image's LBP cascade, a face
             box only; a classical detector that misses many faces) or "none" (as framed).
     """
-    if align not in ALIGNMENTS:
-        raise ConfigError(f"Unknown alignment {align!r}. Fix: --align one of {', '.join(ALIGNMENTS)}.")
+    _check_alignment(align)
     framing = Framing(faces=-1, cropped=False, method=align)
     if align == "landmarks":
         rgb = _align_landmarks(rgb, framing)
@@ -338,8 +342,7 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
     import cv2
 
     run_dir = Path(run_dir)
-    if align not in ALIGNMENTS:
-        raise ConfigError(f"Unknown alignment {align!r}. Fix: --align one of {', '.join(ALIGNMENTS)}.")
+    _check_alignment(align)
     if align == "landmarks":
         landmark_detector()  # a missing mtcnn is said before any photo is read
     if not run_dir.is_dir():

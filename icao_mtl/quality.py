@@ -20,6 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .synth import defects  # the same area-down, nearest-up operation that pixelates a photo
+
 #: (row0, row1, col0, col1) as shares of the side.
 FACE = (0.28, 0.62, 0.34, 0.66)
 FULL = (0.0, 1.0, 0.0, 1.0)
@@ -44,12 +46,6 @@ def sharpness(img: np.ndarray, face=FACE) -> float:
     return float(np.log(lap.var() + 1e-6))
 
 
-def _repixelate(y: np.ndarray, block: float) -> np.ndarray:
-    h, w = y.shape[:2]
-    small = cv2.resize(y, (max(1, round(w / block)), max(1, round(h / block))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-
-
 def compression(img: np.ndarray, face=FULL, blocks=np.arange(1.5, 9.01, 0.25), reference_side: int = 224) -> float:
     """``pixelation``: minus the strength of a block grid. For each candidate block size b (in pixels
     of a ``reference_side`` photo), the photo is re-pixelated on its own grid and on the grid shifted
@@ -64,10 +60,10 @@ def compression(img: np.ndarray, face=FULL, blocks=np.arange(1.5, 9.01, 0.25), r
         if size <= 1.05:
             continue
         # half a grey level added to both errors: an exact grid (error 0) gives a large, finite ratio
-        aligned = np.abs(_repixelate(y, size) - y).mean() + 0.5
+        aligned = np.abs(defects.pixelate(y, b, scale) - y).mean() + 0.5
         shift = max(1, int(round(size / 2)))
         moved = np.roll(y, shift, axis=(0, 1))
-        shifted = np.abs(_repixelate(moved, size) - moved).mean() + 0.5
+        shifted = np.abs(defects.pixelate(moved, b, scale) - moved).mean() + 0.5
         best = max(best, float(shifted / aligned))
     return -float(np.log(best))
 

@@ -254,7 +254,7 @@ def run(cfg: VirtualNetConfig, *, resume: bool = False) -> VirtualNetResult:
             rcfg = tcfg.copy(approach="virtualnet", out=str(level_dir))
             start_run_dir(level_dir, rcfg.to_dict(), splits, stage="final")
             finish_run_dir(level_dir, rcfg, {"model": model}, pipes, splits, {"virtualnet": history},
-                                    verbose=verbose, level=i + 1)
+                           verbose=verbose, level=i + 1)
             metrics = aio.read_json(level_dir / "metrics.json")["test"]
             per_task = {}
             for ti, t in enumerate(tasks):
