@@ -110,11 +110,17 @@ class VariableGroup:
         variables: function of the model returning the variables (default: all trainable ones). It
             may return variables that are not the model's (a policy network's, registered with
             :meth:`Engine.register` so that they are checkpointed).
+        reuse: keep the group's optimiser across phases and ``fit`` calls while the variables are the
+            same: at a phase's start it is reset (slots and iteration count zeroed: the state of a
+            fresh one) instead of made anew, so the traced steps are reused, not traced again. For
+            training many models in turn by assignment (a search's children); needs a constant
+            learning rate (a schedule would restart, not continue).
     """
 
     name: str
     optimizer: Callable[[], keras.optimizers.Optimizer]
     variables: Callable[[keras.Model], list] | None = None
+    reuse: bool = False
 
     def collect(self, model) -> list:
         return list(self.variables(model) if self.variables else model.trainable_variables)
@@ -193,6 +199,11 @@ class Pass:
         on_begin, on_end: hooks ``fn(engine)`` before and after the pass (e.g. reset an optimiser).
         max_steps: stop after this many rounds (default: when a non-continuing stream ends; needed
             when every stream is continuing).
+        steps_per_call: run up to this many steps in one traced call (a loop inside the graph, as
+            ``steps_per_execution`` in ``keras.Model.compile``): one host round trip per call instead
+            of per step, for small models whose steps take about a millisecond. Only for a pass of
+            one step kind on a stream that is not continuing, without per-step schedules or batch
+            callbacks, on one replica; the progress bar and the logs advance per call.
     """
 
     data: str = "train"
@@ -203,6 +214,7 @@ class Pass:
     on_end: Callable | None = None
     max_steps: int | None = None
     steps: Sequence[Step] = ()
+    steps_per_call: int = 1
 
     def __post_init__(self):
         if not self.steps:
@@ -540,7 +552,8 @@ class Engine:
         self._best_weights: list | None = None
         self._writer = None
         self._eval_fn = None
-        self._compiled: dict = {}
+        self._compiled: dict = {}  # (step id, phase, optimiser ids, many) -> (function, layout, step)
+        self._kept_optimizers: dict = {}  # reused group -> (ids of its variables, optimiser)
         self._phase_step = 0  # steps of the running phase
         self._patience = {"best": None, "wait": 0}  # the running phase's best value and epochs since
         self._collapsed_epochs = 0
@@ -710,7 +723,15 @@ class Engine:
         self.optimizers = {}
         with self.strategy.scope():
             for g in sorted(used):
-                opt = self.groups[g].optimizer()
+                group = self.groups[g]
+                if group.reuse:
+                    variables = group.collect(self.model)
+                    kept = self._kept_optimizers.get(g)
+                    if kept is not None and kept[0] == tuple(id(v) for v in variables):
+                        reset_optimizer(kept[1])
+                        self.optimizers[g] = kept[1]
+                        continue
+                opt = group.optimizer()
                 inner = getattr(opt, "inner_optimizer", opt)
                 rate = getattr(inner, "_learning_rate", None)
                 if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) and not phase.restart_schedules:
@@ -721,9 +742,17 @@ class Engine:
                 variables = self.groups[g].collect(self.model)
                 if not variables:
                     raise ConfigError(f"Variable group {g!r} has no trainable variables in phase {phase.name!r}.")
+                if group.reuse and isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+                    raise ConfigError(f"Variable group {g!r} reuses its optimiser, which needs a constant learning "
+                                      "rate (a schedule would restart with every phase). Fix: give a constant rate, "
+                                      "or reuse=False.")
                 opt.build(variables)
                 self.optimizers[g] = opt
-        self._compiled = {}
+                if group.reuse:
+                    self._kept_optimizers[g] = (tuple(id(v) for v in variables), opt)
+        # traced steps of optimisers no longer in use are dropped (those of reused ones stay valid)
+        current = {id(o) for o in self.optimizers.values()}
+        self._compiled = {k: v for k, v in self._compiled.items() if set(k[2]) <= current}
 
     def _end_phase(self, phase: Phase) -> None:
         for g, opt in self.optimizers.items():
@@ -740,13 +769,16 @@ class Engine:
             loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
         return loss, logs
 
-    def _compile(self, step: Step):
-        """One tf.function per step kind and phase: ``fn(iterator) -> packed logs`` (one transfer)."""
-        key = id(step)
-        if key in self._compiled:
-            return self._compiled[key]
-        model, strategy = self.model, self.strategy
+    def _compile(self, step: Step, many: bool = False):
+        """One tf.function per step kind and phase: ``fn(iterator) -> packed logs`` (one transfer); with
+        ``many``, ``fn(iterator, limit)`` runs up to ``limit`` steps in a graph loop and returns their
+        summed logs, the number of steps made last."""
         groups = tuple(step.groups)
+        key = (id(step), self.phase.name, tuple(id(self.optimizers[g]) for g in groups), many)
+        cached = self._compiled.get(key)
+        if cached is not None and cached[2] is step:
+            return cached[:2]
+        model, strategy = self.model, self.strategy
         var_lists = {g: self.groups[g].collect(model) for g in groups}
         opts = {g: self.optimizers[g] for g in groups}
         losses = list(step.losses) if step.losses else [self.task_loss]
@@ -825,7 +857,9 @@ class Engine:
         layout: list = []  # (log name, size), the order of the packed vector, fixed when traced
 
         def run(iterator):
-            x, y = next(iterator)
+            return one(*next(iterator))
+
+        def one(x, y):
             ctx_values = counters.read_value()
             was_halted = halted.read_value()
             per_replica = strategy.run(body, args=(x, y, ctx_values, was_halted))
@@ -845,9 +879,24 @@ class Engine:
                 counters.assign_add(tf.constant([1, 0, 0, 1, 0], tf.int64))
             return packed
 
-        fn = tf.function(run, reduce_retracing=True)
-        self._compiled[key] = (fn, layout)
-        return self._compiled[key]
+        def run_many(iterator, limit):
+            first = run(iterator)  # no batch at all: OutOfRangeError, as one step
+
+            def more(i, acc, going):
+                return tf.logical_and(going, i < limit)
+
+            def loop_body(i, acc, going):
+                optional = iterator.get_next_as_optional()
+                has = optional.has_value()
+                acc = tf.cond(has, lambda: acc + one(*optional.get_value()), lambda: acc)
+                return i + tf.cast(has, tf.int64), acc, has
+
+            n, total, _ = tf.while_loop(more, loop_body, (tf.constant(1, tf.int64), first, tf.constant(True)))
+            return tf.concat([total, tf.cast(tf.reshape(n, [1]), tf.float32)], axis=0)
+
+        fn = tf.function(run_many if many else run, reduce_retracing=True)
+        self._compiled[key] = (fn, layout, step)
+        return fn, layout
 
     # ----- the loop --------------------------------------------------------------------------
     def fit(self, phases: Sequence[Phase], data: dict, validation=None, *, resume: bool = False,
@@ -895,6 +944,9 @@ class Engine:
                                                        add_progbar=False)
         self._batch_callbacks = any(_overrides(c, name) for c in callbacks for name in (
             "on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"))
+        if self._batch_callbacks and any(ps.steps_per_call > 1 for p in phases for ps in p.passes):
+            raise ConfigError("A callback acts on every batch, but a pass runs several steps per call "
+                              "(steps_per_call > 1). Fix: steps_per_call=1, or a callback without batch hooks.")
         self.model.stop_training = False
         if self.tensorboard:
             self._writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
@@ -1006,6 +1058,18 @@ class Engine:
                 raise ConfigError(f"Phase {p.name!r} reads data streams {sorted(missing)} that fit() did not get; "
                                   f"given: {sorted(data)}.")
             for ps in p.passes:
+                k = ps.steps_per_call
+                if not isinstance(k, int) or k < 1:
+                    raise ConfigError(f"steps_per_call of a pass of phase {p.name!r} must be a positive integer. "
+                                      f"Received: {k!r}.")
+                if k > 1:
+                    why = ("it has several step kinds" if len(ps.steps) > 1 else
+                           "its stream is continuing" if ps.steps[0].continuing else
+                           "the phase has per-step schedules" if any(sc.per_step for sc in p.schedules) else
+                           "the strategy has several replicas" if self.strategy.num_replicas_in_sync > 1 else None)
+                    if why:
+                        raise ConfigError(f"A pass of phase {p.name!r} asks for steps_per_call={k}, but {why}. Fix: "
+                                          "steps_per_call=1 for that pass.")
                 if ps.max_steps is None and all(s.continuing for s in ps.steps):
                     raise ConfigError(f"A pass of phase {p.name!r} has only continuing streams and no max_steps: it "
                                       "would never end. Fix: give max_steps, or make one stream restart with the pass.")
@@ -1117,6 +1181,9 @@ class Engine:
         consumed = dict.fromkeys(iterators, 0)
         total = self._pass_length(pas, data)
         bar = keras.utils.Progbar(total, verbose=1, unit_name="step") if self.verbose == 1 else None
+        if pas.steps_per_call > 1:
+            self._run_pass_calls(phase, pas, data, sums, first_label, iterators, total, bar)
+            return
         compiled = [self._compile(s) for s in pas.steps]
         per_step = [s for s in phase.schedules if s.per_step]
         pending: list = []
@@ -1157,6 +1224,30 @@ class Engine:
                 # for its cancellation (seen: up to 1.2 s a pass, with augmentation on 2 cores).
                 iterator.get_next_as_optional()
 
+    def _run_pass_calls(self, phase, pas, data, sums, first_label, iterators, total, bar) -> None:
+        """A pass of one step kind, ``steps_per_call`` steps per traced call."""
+        step = pas.steps[0]
+        fn, layout = self._compile(step, many=True)
+        iterator = iterators[step.data]
+        length = _steps(data[step.data])
+        limit = pas.steps_per_call
+        done = 0
+        while total is None or done < total:
+            want = limit if total is None else min(limit, total - done)
+            try:
+                out = _call(fn, iterator, tf.constant(want, tf.int64))
+            except tf.errors.OutOfRangeError:
+                break
+            made = int(out[-1].numpy())
+            done += made
+            self.global_step += made
+            self._phase_step += made
+            self._drain([(step, done, out[:-1], layout, made)], phase, sums, bar, done, first_label)
+            if made < want:  # the stream ended
+                break
+        if length is not None and done >= length:
+            iterator.get_next_as_optional()  # let the pipeline see its end (see _run_pass)
+
     @staticmethod
     def _continuing(pas: Pass, name: str) -> bool:
         return any(s.continuing for s in pas.steps if s.data == name)
@@ -1168,7 +1259,7 @@ class Engine:
 
     def _drain(self, pending: list, phase: Phase, sums: dict, bar, done: int, first_label: str) -> None:
         """Read the pending steps' logs (one transfer each); stop at the first non-finite step."""
-        for s, index, out, layout in pending:
+        for s, index, out, layout, *made in pending:
             values = out.numpy().astype(np.float64)
             logs, i = {}, 0
             for k, size in layout:
@@ -1179,7 +1270,7 @@ class Engine:
             total, n = sums.setdefault(s.label, ({}, [0]))
             for k, v in logs.items():
                 total[k] = total[k] + v if k in total else v
-            n[0] += 1
+            n[0] += made[0] if made else 1  # a call of several steps gives their sums
             if self._batch_callbacks:
                 self._callbacks.on_train_batch_end(index - 1, {k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
         if pending and bar is not None:

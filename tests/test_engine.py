@@ -535,3 +535,84 @@ def test_a_checkpoint_of_another_engine_version_is_refused_with_a_fix(tmp_path):
     (tmp_path / "checkpoints" / "last.npz").write_bytes(buf.getvalue())
     with pytest.raises(ConfigError, match="another version of the engine.*new --out"):
         _engine(_model(), tmp_path).fit([Phase("train", 1)], {"train": Source(x, y)}, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# several steps per call, optimisers reused across fits
+
+@pytest.mark.parametrize("per_call", [4, 5, 100])
+def test_several_steps_per_call_train_exactly_as_one_step_per_call(per_call):
+    """6 batches a pass: calls of 4 (4 + 2), 5 (5 + 1) or 100 (one call): the same weights, optimiser
+    state, step count and epoch logs as one step per call."""
+    x, y = _data(48)
+    runs = {}
+    for k in (1, per_call):
+        model = _model()
+        engine = _engine(model)
+        hist = engine.fit([Phase("train", 2, passes=[Pass(steps_per_call=k)])], {"train": Source(x, y, 8)})
+        runs[k] = (model, engine, hist)
+    (m1, e1, h1), (mk, ek, hk) = runs[1], runs[per_call]
+    for a, b in zip(_weights(m1), _weights(mk)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert ek.global_step == e1.global_step == 12
+    assert int(ek.optimizers["model"].iterations) == 12
+    for a, b in zip(h1, hk):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["accuracy"] == pytest.approx(b["accuracy"])
+
+
+def test_several_steps_per_call_stop_at_a_non_finite_step_with_no_update():
+    x, y = _data(24)
+    bad = x.copy()
+    bad[9] = np.nan  # the second batch of 8
+    model = _model()
+    engine = _engine(model)
+    with pytest.raises(NonFiniteLossError, match=r"global step 2\)"):
+        engine.fit([Phase("train", 1, passes=[Pass(steps_per_call=8)])],
+                   {"train": lambda epoch: tf.data.Dataset.from_tensor_slices((bad, y)).batch(8)})
+    assert int(engine.optimizers["model"].iterations) == 1
+
+
+def test_several_steps_per_call_are_refused_where_they_cannot_work():
+    x, y = _data(16)
+    engine = _engine(_model())
+    with pytest.raises(ConfigError, match="several step kinds"):
+        engine.fit([Phase("p", 1, passes=[Pass(steps=[Step("train"), Step("train")], steps_per_call=2)])],
+                   {"train": Source(x, y)})
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    with pytest.raises(ConfigError, match="every batch"):
+        engine.fit([Phase("p", 1, passes=[Pass(steps_per_call=2)])], {"train": Source(x, y)}, callbacks=[Batches()])
+
+
+def test_a_reused_optimiser_starts_each_fit_fresh_without_retracing():
+    """Two models trained in turn in the same variables by assignment, the optimiser reused: each fit
+    equals a fit with a fresh optimiser, and the step is traced once."""
+    x, y = _data(32)
+    start = _weights(_model(seed=1))
+    traces = []
+
+    def loss(model, xb, yb, ctx):
+        traces.append(1)  # runs when traced only
+        return MaskedMultiTaskLoss(("a", "b"))(yb, model(xb, training=True))
+
+    model = _model()
+    groups = {"model": VariableGroup("model", lambda: keras.optimizers.Adam(1e-2), reuse=True)}
+    engine = Engine(model, ("a", "b"), groups=groups, monitor="loss", verbose=0)
+    plan = [Phase("train", 2, passes=[Pass(losses=[loss], steps_per_call=3)])]
+    engine.fit(plan, {"train": Source(x, y)})
+    opt = engine.optimizers["model"]
+    for v, w in zip(model.variables, start):
+        v.assign(w)
+    engine.fit(plan, {"train": Source(x, y)})
+    assert engine.optimizers["model"] is opt and len(traces) == 2  # outside and inside the graph loop, once
+
+    fresh = _model()
+    for v, w in zip(fresh.variables, start):
+        v.assign(w)
+    _engine(fresh).fit([Phase("train", 2)], {"train": Source(x, y)})
+    for a, b in zip(_weights(fresh), _weights(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -145,17 +145,19 @@ def test_end_to_end_search_pretrains_searches_retrains_and_writes_the_table(smal
 def test_a_diverging_child_is_a_failed_trial_and_the_search_goes_on(small, tmp_path, monkeypatch):
     from icao_mtl.errors import NonFiniteLossError
 
+    from nas.depth.population import PopulationTrainer
+
     _, ds_dir, _, weights = small
-    real = nas_search.train_head
+    real = PopulationTrainer.train
     calls = {"n": 0}
 
-    def flaky(*a, **kw):
+    def flaky(self, *a, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise NonFiniteLossError("The training loss became nan at step 3")
-        return real(*a, **kw)
+        return real(self, *a, **kw)
 
-    monkeypatch.setattr(nas_search, "train_head", flaky)
+    monkeypatch.setattr(PopulationTrainer, "train", flaky)
     out = tmp_path / "s"
     assert nas_search.main(_args(ds_dir, out, "--controller", "random", "--trials", "3", weights=weights, final=0)) == 0
     recs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*.json"))]

@@ -9,6 +9,7 @@ chief / worker mode).
 - :class:`ReferenceOracle`: the reference code's "REINFORCE" controller reproduced as it really
   behaves (spec/icao_paper.md sections 9.5-9.6), a **baseline that does not learn**, so benchmarks can
   show what the published search explored.
+- :class:`ExhaustiveOracle`: every configuration once, the ground truth of controller benchmarks.
 
 All three keep their whole state (trial history, random streams, policy weights, baseline,
 optimiser slots) in keras-tuner's ``oracle.json`` through ``get_state`` / ``set_state``, so a reloaded
@@ -121,6 +122,9 @@ class _SpaceOracle(keras_tuner.Oracle, metaclass=abc.ABCMeta):
     def observe(self, config: Config, reward: float) -> None:
         """Learn from a finished trial (default: nothing)."""
 
+    def after_trial(self) -> None:
+        """Called after every ended trial, finished or failed, once it no longer runs (default: nothing)."""
+
     # keras-tuner hooks ------------------------------------------------------------------------------
     def populate_space(self, trial_id):
         config = self.propose()
@@ -139,7 +143,8 @@ class _SpaceOracle(keras_tuner.Oracle, metaclass=abc.ABCMeta):
                 r = _reward_from_metrics(metrics, self.reward)
                 self.history.append([list(config), r])
                 self.observe(config, r)
-                self.save()
+        self.after_trial()
+        self.save()
 
     def tried(self) -> set:
         """Configurations proposed so far (running or finished)."""
@@ -226,6 +231,27 @@ class RandomOracle(_SpaceOracle):
             self._rng.bit_generator.state = state["rng"]
 
 
+class ExhaustiveOracle(_SpaceOracle):
+    """Every configuration of the space once, in enumeration order (``max_trials`` is the space's
+    size whatever is asked): the ground truth a controller's regret is measured against. With a
+    population of P children trained at a time, the 625 configurations of the paper's space take
+    625 / P training runs."""
+
+    label = "exhaustive"
+
+    def __init__(self, space, **kwargs):
+        kwargs["max_trials"] = space.size
+        super().__init__(space, **kwargs)
+
+    def propose(self):
+        tried = self.tried()
+        for config in self.space:
+            if config not in tried:
+                return config
+        self.stop_reason = f"the space is exhausted: all {self.space.size} configurations were tried"
+        return None
+
+
 # ---------------------------------------------------------------------------------------------------
 # REINFORCE
 
@@ -291,17 +317,28 @@ class ReinforceOracle(_PolicyOracle):
             before the search stops.
         optimizer: "sgd" (default) or "adam".
         normalize: divide advantages by their running root mean square (scale-free steps; default).
+        batch: **batch REINFORCE**: the policy is updated once per ``batch`` finished trials (the
+            configurations a population of children trained together: ``--population``), from the mean
+            of their ``advantage * grad log pi`` with one baseline, the one before the batch, and the
+            baseline then moves by the batch's mean reward. Proposals within a batch are drawn from
+            the same policy, conditioned on the same last configuration. ``batch=1``: one update per
+            trial (the paper). A batch also ends when no trial is running any more (the last, partial
+            population of a search).
     """
 
     label = "reinforce"
 
     def __init__(self, space, *, units: int = 32, learning_rate: float = 0.1, baseline_decay: float = 0.8,
                  entropy_weight: float = 0.05, updates: int = 1, max_resamples: int = 200, optimizer: str = "sgd",
-                 normalize: bool = True, **kwargs):
+                 normalize: bool = True, batch: int = 1, **kwargs):
         super().__init__(space, **kwargs)
         if not (learning_rate > 0 and 0 <= baseline_decay < 1 and entropy_weight >= 0 and updates >= 1):
             raise ConfigError("REINFORCE needs learning_rate > 0, 0 <= baseline_decay < 1, entropy_weight >= 0 and "
                               f"updates >= 1. Received: {learning_rate}, {baseline_decay}, {entropy_weight}, {updates}.")
+        if not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"REINFORCE's batch must be a positive integer. Received: {batch!r}.")
+        self.batch = batch
+        self.pending: list = []  # [config, reward] of the running batch
         self.units, self.learning_rate = units, learning_rate
         self.baseline_decay, self.entropy_weight = baseline_decay, entropy_weight
         self.updates, self.max_resamples = updates, max_resamples
@@ -376,7 +413,20 @@ class ReinforceOracle(_PolicyOracle):
             self._opt.apply(tape.gradient(loss, self._variables), self._variables)
             return loss
 
+        @tf.function(reduce_retracing=True)
+        def update_batch(enc, actions, advantages):
+            """The mean of the batch's REINFORCE losses (actions (B, G), advantages (B,)): one step."""
+            with tf.GradientTape() as tape:
+                loss = 0.0
+                for i in range(actions.shape[0]):  # B is static: one trace per batch size
+                    _, lp, ent = run(enc, actions=actions[i])
+                    loss += -advantages[i] * lp - self.entropy_weight * ent
+                loss = loss / actions.shape[0]
+            self._opt.apply(tape.gradient(loss, self._variables), self._variables)
+            return loss
+
         self._sample_fn, self._logp_fn, self._update_fn = sample, logp, update
+        self._update_batch_fn = update_batch
 
     def _enc(self, last: Config | None):
         return _encode(self.space, last)[None, :]
@@ -394,18 +444,35 @@ class ReinforceOracle(_PolicyOracle):
         actions = self._sample_fn(self._enc(self.last_config), seed).numpy()
         return tuple(c[int(a)] for c, a in zip(self.space.depths, actions))
 
-    def _update(self, last: Config | None, config: Config, reward: float) -> None:
-        b = reward if self.baseline is None else self.baseline
+    def _advantage(self, reward: float, b: float) -> float:
         advantage = reward - b
         if self.normalize:
             var = self.reward_var if self.reward_var is not None else 0.0
             self.reward_var = self.baseline_decay * var + (1 - self.baseline_decay) * advantage ** 2
             advantage = advantage / math.sqrt(self.reward_var + 1e-8)
+        return advantage
+
+    def _update(self, last: Config | None, config: Config, reward: float) -> None:
+        b = reward if self.baseline is None else self.baseline
+        advantage = self._advantage(reward, b)
         enc, actions = self._enc(last), self._actions(config)
         for _ in range(self.updates):
             self._update_fn(enc, actions, np.float32(advantage))
         self.baseline = b * self.baseline_decay + (1 - self.baseline_decay) * reward if self.baseline is not None \
             else reward
+
+    def _update_batch(self, last: Config | None, batch: list) -> None:
+        """One policy step from a batch of ``(config, reward)`` sampled from the same policy."""
+        rewards = [r for _, r in batch]
+        b = float(np.mean(rewards)) if self.baseline is None else self.baseline
+        advantages = np.array([self._advantage(r, b) for r in rewards], np.float32)
+        actions = np.stack([self._actions(c) for c, _ in batch])
+        enc = self._enc(last)
+        for _ in range(self.updates):
+            self._update_batch_fn(enc, actions, advantages)
+        mean = float(np.mean(rewards))
+        self.baseline = b * self.baseline_decay + (1 - self.baseline_decay) * mean if self.baseline is not None \
+            else mean
 
     # the oracle --------------------------------------------------------------------------------------
     def propose(self):
@@ -427,8 +494,18 @@ class ReinforceOracle(_PolicyOracle):
         return None
 
     def observe(self, config, reward):
-        self._update(self.last_config, config, reward)
-        self.last_config = config
+        if self.batch == 1:
+            self._update(self.last_config, config, reward)
+            self.last_config = config
+            return
+        self.pending.append([tuple(config), float(reward)])
+
+    def after_trial(self):
+        # a batch ends when full, or when nothing runs any more (a partial last population, failures)
+        if self.pending and (len(self.pending) >= self.batch or not self.ongoing_trials):
+            self._update_batch(self.last_config, self.pending)
+            self.last_config = tuple(self.pending[-1][0])
+            self.pending = []
 
     def _policy_variables(self) -> list:
         return list(self._variables)
@@ -436,8 +513,10 @@ class ReinforceOracle(_PolicyOracle):
     def get_state(self):
         state = super().get_state()
         state.update(rng=self._rng.bit_generator.state, reward_var=self.reward_var,
+                     pending=[[list(c), r] for c, r in self.pending],
                      hyper=dict(units=self.units, learning_rate=self.learning_rate, baseline_decay=self.baseline_decay,
-                                entropy_weight=self.entropy_weight, updates=self.updates, normalize=self.normalize))
+                                entropy_weight=self.entropy_weight, updates=self.updates, normalize=self.normalize,
+                                batch=self.batch))
         return state
 
     def set_state(self, state):
@@ -445,6 +524,7 @@ class ReinforceOracle(_PolicyOracle):
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
         self.reward_var = state.get("reward_var")
+        self.pending = [[tuple(c), r] for c, r in state.get("pending", [])]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -551,4 +631,5 @@ def reachable_configs(space: BranchDepthSpace) -> list[Config]:
     return out
 
 
-CONTROLLERS = {"random": RandomOracle, "reinforce": ReinforceOracle, "reference": ReferenceOracle}
+CONTROLLERS = {"random": RandomOracle, "reinforce": ReinforceOracle, "reference": ReferenceOracle,
+               "exhaustive": ExhaustiveOracle}

@@ -50,9 +50,14 @@ class SearchConfig(CommonConfig):
     """A branch-depth search (the options shared by every method's command are those of
     :class:`~nas.common.cli.CommonConfig`)."""
 
-    controller: str = option("reinforce", "random, reinforce or reference (the paper code's controller)")
+    controller: str = option("reinforce", "random, reinforce, reference (the paper code's controller) or "
+                                          "exhaustive (every configuration once: the ground-truth ranking; "
+                                          "--trials is then the size of the space)")
     trials: int = option(50, "N, trials")
     child_epochs: int = option(1, "m, epochs per child")
+    population: int = option(1, "P, children trained together in one network (the same result as one at a time, "
+                                 "faster per child): random and exhaustive take P configurations at a time; "
+                                 "reinforce samples P per policy update (batch REINFORCE)")
     final_epochs: int = option(50, "retraining of the best configuration (0: search only)")
     alpha: float = option(1.0, "MobileNetV2 width multiplier")
     pretrain_epochs: int = option(8, "with --weights none: epochs to train the backbone before freezing it")
@@ -76,7 +81,7 @@ class SearchConfig(CommonConfig):
             raise ConfigError(f"Unknown controller {self.controller!r}. Fix: --controller one of {', '.join(CONTROLLERS)}.")
         if not isinstance(self.final_epochs, int) or self.final_epochs < 0:
             raise ConfigError(f"--final-epochs must be >= 0 (0: no retraining). Received: {self.final_epochs!r}.")
-        for name in ("trials", "child_epochs", "views", "batch_size", "max_depth"):
+        for name in ("trials", "child_epochs", "views", "batch_size", "max_depth", "population"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer. Received: {v!r}.")
@@ -150,39 +155,76 @@ def score(engine, features_split, ds) -> dict:
 
 def _tuner_class():
     import keras_tuner
+    from keras_tuner.src.distribute import utils as dist_utils
     from keras_tuner.src.engine.base_tuner import BaseTuner
 
     class ChildTuner(BaseTuner):
-        """Trains each proposed configuration on the cached features (keras-tuner's Tuner side)."""
+        """Trains the proposed configurations on the cached features (keras-tuner's Tuner side), up to
+        ``--population`` at a time in one :class:`~nas.depth.population.PopulationTrainer`: the oracle
+        is asked for P trials (tuner ids ``<id>-0`` ... ``<id>-P-1`` when P > 1), they train together,
+        and each is reported and ended as keras-tuner's own loop does."""
 
         def __init__(self, oracle, context, **kwargs):
             super().__init__(oracle, **kwargs)
             self.context = context
 
-        def run_trial(self, trial, *args, **kwargs):
-            import keras
+        def search(self, *fit_args, **fit_kwargs):
+            if dist_utils.is_chief_oracle():
+                return super().search(*fit_args, **fit_kwargs)  # the chief serves the oracle
+            self.on_search_begin()
+            size = self.context.cfg.population
+            stopped = False
+            while not stopped:
+                trials = []
+                for i in range(size):
+                    self.pre_create_trial()
+                    trial = self.oracle.create_trial(self.tuner_id if size == 1 else f"{self.tuner_id}-{i}")
+                    if trial.status == keras_tuner.engine.trial.TrialStatus.STOPPED:
+                        stopped = True
+                        break
+                    if trial.status == keras_tuner.engine.trial.TrialStatus.RUNNING:
+                        trials.append(trial)
+                if not trials:
+                    continue  # IDLE: the oracle is waiting; ask again (or stop)
+                for trial in trials:
+                    self.on_trial_begin(trial)
+                self.run_population(trials)
+                for trial in trials:
+                    self.on_trial_end(trial)
+            self.on_search_end()
 
+        def run_population(self, trials):
             ctx = self.context
-            config = ctx.space.from_values(trial.hyperparameters.values)
+            configs = [ctx.space.from_values(t.hyperparameters.values) for t in trials]
+            trainer = ctx.trainer()
             start = time.perf_counter()
-            keras.utils.set_random_seed(ctx.cfg.seed + int(trial.trial_id))
-            model = head_model(config, ctx.features.dim, ctx.splits.train.tasks, ctx.splits.train.groups,
-                               ctx.cfg.seed + int(trial.trial_id))
+            trainer.assign_many({i: (c, ctx.cfg.seed + int(t.trial_id)) for i, (c, t) in enumerate(zip(configs, trials))})
             try:
-                engine, history = train_head(model, ctx.features, ctx.splits, epochs=ctx.cfg.child_epochs,
-                                             lr=ctx.cfg.lr, batch_size=ctx.cfg.batch_size, seed=ctx.cfg.seed)
-                m = score(engine, ctx.features.val, ctx.splits.val)
+                trainer.train(ctx.cfg.child_epochs)
+                summaries = trainer.score(range(len(trials)))
+                failure = None
             except (NonFiniteLossError, CollapsedModelError) as exc:
-                ctx.record(trial.trial_id, config, None, time.perf_counter() - start, f"diverged: {exc}")
-                raise keras_tuner.errors.FailedTrialError(f"the child diverged: {exc}") from exc
-            if m["eer_mean"] is None or not math.isfinite(m["eer_mean"]):
-                ctx.record(trial.trial_id, config, m, time.perf_counter() - start, "no EER defined on validation")
-                raise keras_tuner.errors.FailedTrialError("no requisite has both classes on the validation split")
-            metrics = {"val_eer_mean": m["eer_mean"], "val_eer_median": m["eer_median"],
-                       "val_eer_std": m["eer_std"] or 0.0, "val_accuracy": m["accuracy_mean"]}
-            ctx.record(trial.trial_id, config, metrics, time.perf_counter() - start, None)
-            keras.backend.clear_session(free_memory=False)
-            return metrics
+                summaries, failure = [None] * len(trials), f"diverged: {exc}"
+            seconds = (time.perf_counter() - start) / len(trials)
+            for trial, config, m in zip(trials, configs, summaries):
+                why = failure or (None if m["eer_mean"] is not None and math.isfinite(m["eer_mean"])
+                                  else "no EER defined on validation (no requisite has both classes)")
+                if why:
+                    ctx.record(trial.trial_id, config, None, seconds, why)
+                    trial.status = keras_tuner.engine.trial.TrialStatus.FAILED
+                    trial.message = why
+                    continue
+                metrics = {"val_eer_mean": m["eer_mean"], "val_eer_median": m["eer_median"],
+                           "val_eer_std": m["eer_std"] or 0.0, "val_accuracy": m["accuracy_mean"]}
+                ctx.record(trial.trial_id, config, metrics, seconds, None)
+                self.oracle.update_trial(trial.trial_id, metrics)
+                trial.status = keras_tuner.engine.trial.TrialStatus.COMPLETED
+
+        def run_trial(self, trial, *args, **kwargs):
+            self.run_population([trial])
+            if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
+                raise keras_tuner.errors.FailedTrialError(trial.message)
+            return self.oracle.get_trial(trial.trial_id).metrics.get_last_value("val_eer_mean")
 
         def save_model(self, trial_id, model, step=0):
             """Children are cheap to retrain: only the final model is saved."""
@@ -193,6 +235,17 @@ def _tuner_class():
 class _Context:
     def __init__(self, cfg, space, splits, features, out):
         self.cfg, self.space, self.splits, self.features, self.out = cfg, space, splits, features, Path(out)
+        self._trainer = None
+
+    def trainer(self):
+        """The population network every trial trains in (built once: no rebuild, no retrace per trial)."""
+        if self._trainer is None:
+            from .population import PopulationTrainer
+
+            self._trainer = PopulationTrainer(self.features, self.splits, population=self.cfg.population,
+                                              max_depth=max(max(c) for c in self.space.depths), lr=self.cfg.lr,
+                                              batch_size=self.cfg.batch_size, seed=self.cfg.seed)
+        return self._trainer
 
     def record(self, trial_id, config, metrics, seconds, failure):
         aio.write_json(self.out / "trials" / f"{trial_id}.json", {
@@ -212,7 +265,8 @@ def make_oracle(cfg: SearchConfig, space: BranchDepthSpace):
     kwargs = dict(max_trials=cfg.trials, seed=cfg.seed, reward=cfg.reward, max_consecutive_failed_trials=cfg.trials)
     if cfg.controller == "reinforce":
         kwargs.update(learning_rate=cfg.controller_lr, baseline_decay=cfg.baseline_decay,
-                      entropy_weight=cfg.entropy_weight, updates=cfg.child_epochs, normalize=cfg.normalize)
+                      entropy_weight=cfg.entropy_weight, updates=cfg.child_epochs, normalize=cfg.normalize,
+                      batch=cfg.population)
     elif cfg.controller == "reference":
         kwargs.update(updates=cfg.child_epochs)
     return CONTROLLERS[cfg.controller](space, **kwargs)
@@ -345,6 +399,7 @@ def _finish(cfg, out, space, splits, weights, features, oracle, seconds):
     best_config = tuple(best["config"])
     curve = [r["metrics"]["val_eer_mean"] if r["metrics"] else math.nan for r in _trial_records(out)]
     plot_best_so_far({cfg.controller: curve}, out / "best_so_far.png")
+    write_ranking(records, space, out / "ranking.csv")
     row = {"controller": cfg.controller, "m": cfg.child_epochs, "N": cfg.trials, "trials_run": len(records),
            "best_config": list(best_config), "best_val_eer_mean": best["metrics"]["val_eer_mean"],
            "eer_mean": None, "eer_std": None, "eer_median": None, "search_seconds": seconds, "stop_reason": stop_reason}
@@ -405,6 +460,18 @@ def compare(budget, base: dict, out: Path, seed: int) -> list[tuple[str, MethodR
         result = run_search(cfg, resume=(where / "search.json").is_file())
         rows += [(f"depth-{controller}", run) for run in result.runs]
     return rows
+
+
+def write_ranking(records: list, space: BranchDepthSpace, path) -> None:
+    """``ranking.csv``: the finished trials from best to worst validation mean EER (rank 1 = best; for
+    ``--controller exhaustive``, the ranking of the whole space)."""
+    ranked = sorted(records, key=lambda r: (r["metrics"]["val_eer_mean"], int(r["trial_id"])))
+    lines = ["rank," + ",".join(space.groups) + ",val_eer_mean,val_eer_median,val_accuracy,trial_id"]
+    for i, r in enumerate(ranked, 1):
+        m = r["metrics"]
+        lines.append(",".join([str(i), *map(str, r["config"]), f"{m['val_eer_mean']:.6f}",
+                               f"{m['val_eer_median']:.6f}", f"{m['val_accuracy']:.6f}", str(r["trial_id"])]))
+    aio.write_text(path, "\n".join(lines) + "\n")
 
 
 def table2(rows: list[dict]) -> tuple[str, str]:
