@@ -6,6 +6,8 @@ with the environment variable ``KILL_AT`` (absent: the command runs to its end):
 
 - ``step:E:N``: in the E-th engine the process creates (1-based), right after its N-th optimisation step
   (the middle of an epoch: the epoch's checkpoint is not written yet);
+- ``fit:E:K``: in the E-th engine (or the engine of the model named E), as its K-th ``fit`` begins (an engine reused for many trainings: the
+  K-th trial of a population search);
 - ``phase:E:NAME``: in the E-th engine, right after the checkpoint written at the end of phase NAME (a
   phase boundary: the next phase's setup has not run).
 
@@ -30,7 +32,8 @@ def _install(spec: str) -> None:
     import icao_mtl.training as training
 
     kind, engine_no, where = spec.split(":", 2)
-    engine_no = int(engine_no)
+    model_name = None if engine_no.isdigit() else engine_no  # an engine named by its model's name
+    engine_no = int(engine_no) if model_name is None else -1
     made = [0]
     init, fit, save = training.Engine.__init__, training.Engine.fit, training.Engine._save
 
@@ -41,7 +44,7 @@ def _install(spec: str) -> None:
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
         made[0] += 1
-        self._kill_here = made[0] == engine_no
+        self._kill_here = made[0] == engine_no or (model_name is not None and self.model.name == model_name)
 
     class KillAtStep(keras.callbacks.Callback):
         def __init__(self, engine):
@@ -52,10 +55,17 @@ def _install(spec: str) -> None:
             if self.engine.global_step >= int(where):
                 die()
 
+    class KillAtFit(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            die()
+
     def fit_(self, phases, data, validation=None, *, resume=False, callbacks=()):
         callbacks = list(callbacks)
         if self._kill_here and kind == "step":
             callbacks.append(KillAtStep(self))
+        self._fits = getattr(self, "_fits", 0) + 1
+        if self._kill_here and kind == "fit" and self._fits == int(where):
+            callbacks.append(KillAtFit())
         return fit(self, phases, data, validation, resume=resume, callbacks=callbacks)
 
     def save_(self, name, state, *, full):

@@ -40,59 +40,61 @@ def _grouped(tasks, groups) -> dict:
 class DepthPopulation(keras.layers.Layer):
     """``population`` branch-depth heads of at most ``max_depth`` hidden layers, computed at once.
 
+    Every task of every child is one branch; all of them are in the same tensors (the groups differ
+    only by their depth, which the mask gives per (child, task, layer)), so a layer is one matrix
+    product whatever the number of children, tasks and groups: few operations, which is what a step
+    of a small head costs on a CPU.
+
     Input: pooled features (batch, 1, 1, dim) or (batch, dim). Output: probabilities (batch,
-    population, tasks, 2), tasks in the order of ``tasks``. ``group_sizes``: tasks per group, in group
-    order (the groups' members are consecutive in the output before the reordering ``order``).
+    population, tasks, 2).
     """
 
-    def __init__(self, population: int, group_sizes, order, max_depth: int = 5, **kwargs):
+    def __init__(self, population: int, tasks: int, max_depth: int = 5, **kwargs):
         super().__init__(**kwargs)
-        if population < 1 or max_depth < 1:
-            raise ConfigError(f"population and max_depth must be positive. Received: {population}, {max_depth}")
-        self.population, self.max_depth = int(population), int(max_depth)
-        self.group_sizes = tuple(int(n) for n in group_sizes)
-        self.order = tuple(int(i) for i in order)
+        if population < 1 or max_depth < 1 or tasks < 1:
+            raise ConfigError(f"population, tasks and max_depth must be positive. Received: {population}, {tasks}, "
+                              f"{max_depth}")
+        self.population, self.tasks, self.max_depth = int(population), int(tasks), int(max_depth)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
-        p, d = self.population, self.max_depth
-        self.kernels, self.biases, self.masks = [], [], []
-        for g, n in enumerate(self.group_sizes):
-            ks, bs = [], []
-            widths = [dim] + [UNITS] * (d - 1)
-            for j, width in enumerate(widths):
-                ks.append(self.add_weight(name=f"g{g}_dense_{j + 1}_kernel", shape=(p, n, width, UNITS),
-                                          initializer="zeros"))
-                bs.append(self.add_weight(name=f"g{g}_dense_{j + 1}_bias", shape=(p, n, UNITS), initializer="zeros"))
-            ks.append(self.add_weight(name=f"g{g}_out_kernel", shape=(p, n, UNITS, 2), initializer="zeros"))
-            bs.append(self.add_weight(name=f"g{g}_out_bias", shape=(p, n, 2), initializer="zeros"))
-            self.kernels.append(ks)
-            self.biases.append(bs)
-            # mask[c, j] = 1 when child c uses hidden layer j + 2 of this group
-            self.masks.append(self.add_weight(name=f"g{g}_mask", shape=(p, max(d - 1, 1)), initializer="zeros",
-                                              trainable=False))
+        p, n, d = self.population, self.tasks, self.max_depth
+        # The first kernel is stored (dim, P, tasks, units), the others (P, tasks, in, units): the
+        # layouts the matrix products read without a transpose of the weights at every step.
+        self.kernels = [self.add_weight(name="dense_1_kernel", shape=(dim, p, n, UNITS), initializer="zeros")]
+        self.biases = [self.add_weight(name="dense_1_bias", shape=(p, n, UNITS), initializer="zeros")]
+        for j in range(1, d):
+            self.kernels.append(self.add_weight(name=f"dense_{j + 1}_kernel", shape=(p, n, UNITS, UNITS),
+                                                initializer="zeros"))
+            self.biases.append(self.add_weight(name=f"dense_{j + 1}_bias", shape=(p, n, UNITS), initializer="zeros"))
+        self.kernels.append(self.add_weight(name="out_kernel", shape=(p, n, UNITS, 2), initializer="zeros"))
+        self.biases.append(self.add_weight(name="out_bias", shape=(p, n, 2), initializer="zeros"))
+        # mask[c, t, j] = 1 when task t of child c uses hidden layer j + 2
+        self.mask = self.add_weight(name="mask", shape=(p, n, max(d - 1, 1)), initializer="zeros", trainable=False)
 
     def call(self, x):
-        x = keras.ops.reshape(x, (-1, x.shape[-1]))
-        outs = []
-        for g in range(len(self.group_sizes)):
-            ks, bs, mask = self.kernels[g], self.biases[g], self.masks[g]
-            h = keras.ops.relu(keras.ops.einsum("bd,ptdu->bptu", x, ks[0]) + bs[0])
-            for j in range(1, self.max_depth):
-                z = keras.ops.relu(keras.ops.einsum("bptu,ptuv->bptv", h, ks[j]) + bs[j])
-                on = keras.ops.reshape(mask[:, j - 1], (1, -1, 1, 1)) > 0.5
-                h = keras.ops.where(on, z, h)  # an unused layer: its input, and no gradient to its weights
-            logits = keras.ops.einsum("bptu,ptuv->bptv", h, ks[-1]) + bs[-1]
-            outs.append(keras.ops.softmax(logits, axis=-1))
-        y = keras.ops.concatenate(outs, axis=2)
-        return keras.ops.take(y, list(self.order), axis=2)
+        ops = keras.ops
+        dim = x.shape[-1]
+        x = ops.reshape(x, (-1, dim))
+        pn = self.population * self.tasks
+        ks, bs = self.kernels, self.biases
+        # activations are kept as (children x tasks, batch, units): one batched product per layer
+        h = ops.matmul(x, ops.reshape(ks[0], (dim, pn * UNITS))) + ops.reshape(bs[0], (-1,))
+        h = ops.relu(ops.transpose(ops.reshape(h, (-1, pn, UNITS)), (1, 0, 2)))
+        on = ops.reshape(self.mask, (pn, 1, -1)) > 0.5
+        for j in range(1, self.max_depth):
+            z = ops.matmul(h, ops.reshape(ks[j], (pn, UNITS, UNITS))) + ops.reshape(bs[j], (pn, 1, UNITS))
+            h = ops.where(on[:, :, j - 1:j], ops.relu(z), h)  # an unused layer: its input, no gradient to it
+        logits = ops.matmul(h, ops.reshape(ks[-1], (pn, UNITS, 2))) + ops.reshape(bs[-1], (pn, 1, 2))
+        y = ops.reshape(ops.softmax(logits, axis=-1), (self.population, self.tasks, -1, 2))
+        return ops.transpose(y, (2, 0, 1, 3))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.population, sum(self.group_sizes), 2)
+        return (input_shape[0], self.population, self.tasks, 2)
 
     def get_config(self):
-        return {**super().get_config(), "population": self.population, "group_sizes": list(self.group_sizes),
-                "order": list(self.order), "max_depth": self.max_depth}
+        return {**super().get_config(), "population": self.population, "tasks": self.tasks,
+                "max_depth": self.max_depth}
 
 
 def population_loss(weights):
@@ -142,12 +144,11 @@ class PopulationTrainer:
         self.features, self.splits = features, splits
         self.tasks = tuple(splits.train.tasks)
         self.grouped = _grouped(self.tasks, splits.train.groups)
-        members = [t for m in self.grouped.values() for t in m]
-        self.group_sizes = [len(m) for m in self.grouped.values()]
+        # the tasks of each group, as indices into ``tasks`` (the output's order)
+        self.members = [np.array([self.tasks.index(t) for t in m]) for m in self.grouped.values()]
         self.population, self.max_depth, self.seed = int(population), int(max_depth), int(seed)
         inputs = keras.Input((1, 1, features.dim), name="features")
-        self.layer = DepthPopulation(population, self.group_sizes, [members.index(t) for t in self.tasks],
-                                     max_depth, name="population")
+        self.layer = DepthPopulation(population, len(self.tasks), max_depth, name="population")
         self.model = keras.Model(inputs, self.layer(inputs), name="depth_population")
         self.model.tasks = self.tasks
         self.train_pipe = FeaturePipeline(features.train, splits.train, batch_size, seed)
@@ -167,21 +168,24 @@ class PopulationTrainer:
     def assign_many(self, children: dict) -> None:
         """``{slot: (config, seed)}``: every given slot re-initialised, one assignment per variable."""
         layer = self.layer
-        for g in range(len(self.group_sizes)):
-            values = [np.array(v.numpy()) for v in (*layer.kernels[g], *layer.biases[g])]
-            kernels, biases = values[:self.max_depth + 1], values[self.max_depth + 1:]
-            mask = np.array(layer.masks[g].numpy())
-            for slot, (config, seed) in children.items():
+        kernels = [np.array(v.numpy()) for v in layer.kernels]
+        biases = [np.array(v.numpy()) for v in layer.biases]
+        mask = np.array(layer.mask.numpy())
+        for slot, (config, seed) in children.items():
+            for g, idx in enumerate(self.members):
                 depth = int(config[g])
                 if not 1 <= depth <= self.max_depth:
                     raise ConfigError(f"Depth {depth} of group {g} is outside 1..{self.max_depth}.")
-                arrays = _group_init(self.features.dim, self.group_sizes[g], g, seed, self.max_depth)
+                arrays = _group_init(self.features.dim, len(idx), g, seed, self.max_depth)
+                kernels[0][:, slot, idx] = np.transpose(arrays[0], (1, 0, 2))
                 for j in range(self.max_depth + 1):
-                    kernels[j][slot], biases[j][slot] = arrays[2 * j], arrays[2 * j + 1]
-                mask[slot] = [1.0 if j + 2 <= depth else 0.0 for j in range(mask.shape[1])]
-            for v, a in zip((*layer.kernels[g], *layer.biases[g]), (*kernels, *biases)):
-                v.assign(a)
-            layer.masks[g].assign(mask)
+                    if j:
+                        kernels[j][slot, idx] = arrays[2 * j]
+                    biases[j][slot, idx] = arrays[2 * j + 1]
+                mask[slot, idx] = [1.0 if j + 2 <= depth else 0.0 for j in range(mask.shape[2])]
+        for v, value in zip((*layer.kernels, *layer.biases), (*kernels, *biases)):
+            v.assign(value)
+        layer.mask.assign(mask)
 
     def train(self, epochs: int) -> list[dict]:
         """Train every slot for ``epochs`` epochs from its current weights (a fresh optimiser state);
@@ -210,15 +214,39 @@ class PopulationTrainer:
         return [summarize(evaluate_tasks(labels, {t: probs[:, c, j] for j, t in enumerate(self.tasks)}))
                 for c in slots]
 
+    def set_child_weights(self, slot: int, config, weights: dict) -> None:
+        """Put a child's weights (the layout of :meth:`child_weights`, e.g. from a grouped head copied
+        from a full NAS model) in ``slot``, with the depth mask of ``config``."""
+        layer = self.layer
+        kernels = [np.array(v.numpy()) for v in layer.kernels]
+        biases = [np.array(v.numpy()) for v in layer.biases]
+        mask = np.array(layer.mask.numpy())
+        for g, (name, idx) in enumerate(zip(self.grouped, self.members)):
+            depth = int(config[g])
+            names = [f"{name}_dense_{j + 1}" for j in range(depth)]
+            for j, layer_name in [*enumerate(names), (self.max_depth, f"{name}_out")]:
+                kernel, bias = weights[layer_name]
+                if j == 0:
+                    kernels[0][:, slot, idx] = np.transpose(kernel, (1, 0, 2))
+                else:
+                    kernels[j][slot, idx] = kernel
+                biases[j][slot, idx] = bias
+            mask[slot, idx] = [1.0 if j + 2 <= depth else 0.0 for j in range(mask.shape[2])]
+        for v, value in zip((*layer.kernels, *layer.biases), (*kernels, *biases)):
+            v.assign(value)
+        layer.mask.assign(mask)
+
     def child_weights(self, slot: int, config) -> dict:
         """The weights of the child in ``slot`` in the layout of :func:`nas.depth.heads.grouped_head`:
         ``{layer name: [kernel (tasks, in, units), bias (tasks, units)]}``."""
+        ks = [v.numpy() for v in self.layer.kernels]
+        bs = [v.numpy() for v in self.layer.biases]
         out = {}
-        for g, name in enumerate(self.grouped):
-            ks, bs = self.layer.kernels[g], self.layer.biases[g]
+        for g, (name, idx) in enumerate(zip(self.grouped, self.members)):
             for j in range(int(config[g])):
-                out[f"{name}_dense_{j + 1}"] = [ks[j].numpy()[slot], bs[j].numpy()[slot]]
-            out[f"{name}_out"] = [ks[-1].numpy()[slot], bs[-1].numpy()[slot]]
+                kernel = np.transpose(ks[0][:, slot, idx], (1, 0, 2)) if j == 0 else ks[j][slot, idx]
+                out[f"{name}_dense_{j + 1}"] = [kernel, bs[j][slot, idx]]
+            out[f"{name}_out"] = [ks[-1][slot, idx], bs[-1][slot, idx]]
         return out
 
 
