@@ -30,10 +30,13 @@ def test_small_training_run_is_far_better_than_chance_on_every_image_level_requi
     metrics = json.loads((out / "metrics.json").read_text())
     per = metrics["test"]["per_requisite"]
     assert set(per) == set(IMAGE_LEVEL)
+    # Bounds from the spread measured over training seeds 1-3 (another CPU's float rounding moves a run
+    # as a seed does): blurred, pixelation, washed-out 0.08-0.20; light 0.16-0.31; ink marks, faint by
+    # design near the threshold, 0.36-0.44; the mean 0.18-0.23.
+    bounds = {"light": 0.4, "ink_mark": 0.48}
     for t in IMAGE_LEVEL:
-        # ink marks near the threshold are faint by design: the hardest image-level requisite
-        assert per[t]["eer"] < (0.42 if t == "ink_mark" else 0.3), (t, per[t]["eer"])
-    assert metrics["test"]["eer_mean"] < 0.25
+        assert per[t]["eer"] < bounds.get(t, 0.3), (t, per[t]["eer"])
+    assert metrics["test"]["eer_mean"] < 0.27
     for key in ("eer", "threshold", "accuracy", "n_compliant", "n_non_compliant"):
         assert key in per["blurred"]
     for f in ("config.json", "split.csv", "model.keras", "history.json", "table.md", "table.csv", "curves.png",

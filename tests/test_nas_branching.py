@@ -261,10 +261,12 @@ def test_the_search_on_the_new_step_plan_computes_what_it_computed_before():
     now = search_trace()
     before = json.loads((here / "data" / "bmtas_trace_reference.json").read_text())
     assert [(e["epoch"], e["phase"]) for e in now] == [(e["epoch"], e["phase"]) for e in before]
+    # float32 reductions differ in their last bits between CPUs (AVX2 / AVX-512 kernels): a few 1e-6
+    # relative after a dozen steps, far below what any change of the computation moves
     for a, b in zip(now, before):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert (a["weights_loss"] is None) == (b["weights_loss"] is None)
         if b["weights_loss"] is not None:
-            assert a["weights_loss"] == pytest.approx(b["weights_loss"], rel=1e-6)
+            assert a["weights_loss"] == pytest.approx(b["weights_loss"], rel=1e-5)
         assert a["temperature"] == pytest.approx(b["temperature"])
         np.testing.assert_allclose(a["alpha"], b["alpha"], atol=1e-6)

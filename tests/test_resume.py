@@ -137,9 +137,6 @@ def test_hc3_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
-@pytest.mark.xfail(reason="open defect (issue 17): since trials share one reused population engine, the trials "
-                          "after a resume reach validation EERs up to 0.7 points away from the uninterrupted run's "
-                          "(same configurations); not yet diagnosed", strict=False)
 def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_path):
     args = ["--data", str(tiny_set), "--img-size", "64", "--batch-size", "16", "--quiet", "--controller", "reinforce",
             "--trials", "4", "--child-epochs", "1", "--final-epochs", "2", "--pretrain-epochs", "1", "--views", "1",

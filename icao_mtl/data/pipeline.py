@@ -230,7 +230,11 @@ class ImagePipeline:
     def train(self, epoch: int = 0, *, shuffle: bool = True, drop_remainder: bool = False, rows=None):
         """The training pass of ``epoch``: shuffled and augmented deterministically from
         ``(seed, epoch)``. ``rows``: only these rows of the split (indices; e.g. a part of a
-        :class:`SplitView`), each augmented as it would be in the whole split's pass."""
+        :class:`SplitView`), each augmented as it would be in the whole split's pass.
+
+        The shuffle is tf.data's, whose seed is combined with TensorFlow's global seed: the order is the
+        same for the same ``(seed, epoch)`` and global seed (every command sets it from its ``--seed``
+        before any pass)."""
         import tensorflow as tf
 
         ds = self.base()

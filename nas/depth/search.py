@@ -331,7 +331,12 @@ def _prepare(cfg: SearchConfig, out: Path, verbose: int):
 
 def run_search(cfg: SearchConfig, *, resume: bool = False) -> SearchResult:
     """Run (or resume) a search and its final retraining. See the module docstring."""
+    import keras
+
     cfg.validate()
+    # tf.data combines its shuffles' seeds with the global one: set here, as every command does, so a
+    # resumed search (its pretraining, which sets it too, skipped) trains on the same batch orders
+    keras.utils.set_random_seed(cfg.seed)
     out = Path(cfg.out) if cfg.out else Path(os.environ.get("ICAO_MTL_RUNS") or "searches") / \
         f"{cfg.controller}_m{cfg.child_epochs}_N{cfg.trials}_{time.strftime('%Y%m%d-%H%M%S')}"
     chief_or_single = not _is_worker()
