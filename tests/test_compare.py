@@ -9,6 +9,9 @@ import pytest
 
 from icao_mtl import analyze, check, evaluate, export
 
+# every method trained and compared (minutes): pytest -m slow tests/test_compare.py
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):

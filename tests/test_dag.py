@@ -97,6 +97,7 @@ def _tiny(n_tasks=3, n=6, seed=0):
     return spec, tasks, source
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_dag.py
 def test_warmup_keeps_the_gates_at_one_half_and_the_rewind_restores_the_warmup_weights(tmp_path):
     """Items 2 and 9, also after a resume at the search/fine-tune boundary."""
     from icao_mtl.training import Engine
@@ -243,6 +244,7 @@ def digits_run(tmp_path_factory, data_root):
             os.environ["ICAO_MTL_DATA"] = old
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_dag.py
 def test_digits_end_to_end_beats_chance_and_is_smaller_than_the_searched_network(digits_run):
     result, out = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -268,6 +270,7 @@ def test_digits_end_to_end_beats_chance_and_is_smaller_than_the_searched_network
     assert sorted(model.output_names) == sorted(topo)
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_dag.py
 def test_relative_performance_against_a_single_task_run(digits_run, tmp_path):
     from nas.dag.command import _relative
 
@@ -311,6 +314,7 @@ def test_synthetic_faces_end_to_end_beats_chance_on_held_out_images(tmp_path):
     assert np.mean(image_level) < 0.35 and test["per_requisite"]["washed_out"]["eer"] < 0.15
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_dag.py
 def test_evaluate_analyze_check_and_export_work_on_its_run_directory(digits_run, data_root, tmp_path, monkeypatch):
     from _run_dir_commands import exercise_run_dir_commands
 

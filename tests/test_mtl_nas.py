@@ -266,6 +266,7 @@ def digits_run(tmp_path_factory, data_root):
             os.environ["ICAO_MTL_DATA"] = old
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_mtl_nas.py
 def test_digits_end_to_end_beats_chance_with_decided_gates(digits_run):
     result, out = digits_run
     test = json.loads((out / "metrics.json").read_text())["test"]
@@ -322,6 +323,7 @@ def test_min_entropy_decides_the_gates_and_without_it_they_stay_undecided(tmp_pa
     assert shares[10.0] < 0.2 and shares[0.0] > shares[10.0] + 0.3
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_mtl_nas.py
 def test_evaluate_analyze_check_and_export_work_on_its_run_directory(digits_run, data_root, tmp_path, monkeypatch):
     from _run_dir_commands import exercise_run_dir_commands
 

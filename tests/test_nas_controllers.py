@@ -92,6 +92,7 @@ def test_controller_state_survives_a_reload_and_continues_the_same_sequence(cls,
     assert nxt_a == nxt_b
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_nas_controllers.py
 def test_reinforce_learns_the_bandit_where_random_rarely_finds_the_best(tmp_path):
     budget, seeds = 80, range(8)
     confident = 0

@@ -172,6 +172,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_nas_search.py
 def test_distributed_search_with_a_chief_and_two_workers(small, tmp_path):
     _, ds_dir, _, weights = small
     out = tmp_path / "dist"

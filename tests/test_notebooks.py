@@ -1,5 +1,7 @@
 """The notebooks of the data, the paper's models and the error analysis run end to end with small settings."""
 
+import pytest
+
 from _notebooks import run_notebook
 
 
@@ -11,6 +13,7 @@ def test_dataset_tour(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "synthetic_n200_s128_seed0" / "labels.csv").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks.py
 def test_stl_vs_mtl(tmp_path, monkeypatch):
     nb = run_notebook("01_stl_vs_mtl.ipynb", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -19,6 +22,7 @@ def test_stl_vs_mtl(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook_01" / "hc3" / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks.py
 def test_nas_random_vs_reinforce(tmp_path, monkeypatch):
     nb = run_notebook("02_nas_random_vs_reinforce.ipynb", tmp_path, monkeypatch)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
@@ -27,6 +31,7 @@ def test_nas_random_vs_reinforce(tmp_path, monkeypatch):
     assert (tmp_path / "searches" / "notebook_02" / "reinforce" / "final" / "model.keras").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks.py
 def test_gradcam_error_analysis(tmp_path, monkeypatch):
     monkeypatch.delenv("ICAO_MTL_RUN", raising=False)
     nb = run_notebook("03_gradcam_error_analysis.ipynb", tmp_path, monkeypatch)

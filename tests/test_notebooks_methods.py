@@ -1,8 +1,11 @@
 """The notebooks of the search methods run end to end with small settings."""
 
+import pytest
+
 from _notebooks import run_notebook
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks_methods.py
 def test_branching_search(tmp_path, monkeypatch):
     nb = run_notebook("04_branching_search.ipynb", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -13,6 +16,7 @@ def test_branching_search(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook_04" / "pareto.png").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks_methods.py
 def test_dag_network(tmp_path, monkeypatch):
     nb = run_notebook("05_dag_network.ipynb", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -22,6 +26,7 @@ def test_dag_network(tmp_path, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the trace and three sub-networks
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks_methods.py
 def test_mtl_nas(tmp_path, monkeypatch):
     nb = run_notebook("07_mtl_nas.ipynb", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -32,6 +37,7 @@ def test_mtl_nas(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook_07" / "edges.json").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_notebooks_methods.py
 def test_virtualnet(tmp_path, monkeypatch):
     nb = run_notebook("06_virtualnet.ipynb", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

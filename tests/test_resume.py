@@ -97,6 +97,7 @@ def test_hc2_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
     assert other.returncode == 2 and "epochs: 3 in the run, 7 now" in other.stderr
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_hc1_dropout_and_a_finetune_boundary_resume_exactly(tiny_set, tmp_path):
     """Handcrafted 1 has dropout (its seed generators' states are checkpointed) and, with pretrained
     weights and --finetune-epochs, a phase boundary whose setup (freezing the backbone) must run after
@@ -117,6 +118,7 @@ def test_hc1_dropout_and_a_finetune_boundary_resume_exactly(tiny_set, tmp_path):
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_stl_killed_in_its_second_model_resumes_exactly(tiny_set, tmp_path):
     args = _train_args(tiny_set, "--approach", "stl", "--tasks", "blurred,hat,veil", "--epochs", "2")
     _run_killed_and_full("icao_mtl.train", args, tmp_path / "full", tmp_path / "cut", ["step:2:6"])
@@ -137,6 +139,7 @@ def test_hc3_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_branch_depth_search_killed_in_a_trial_resumes_exactly(tiny_set, tmp_path):
     args = ["--data", str(tiny_set), "--img-size", "64", "--batch-size", "16", "--quiet", "--controller", "reinforce",
             "--trials", "4", "--child-epochs", "1", "--final-epochs", "2", "--pretrain-epochs", "1", "--views", "1",

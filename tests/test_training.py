@@ -171,6 +171,7 @@ def _run_worker(mode, env=None, timeout=240):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_training.py
 def test_mirrored_strategy_on_two_devices_equals_one_device():
     single = _run_worker("single")
     mirrored = _run_worker("mirrored")

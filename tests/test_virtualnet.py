@@ -296,6 +296,7 @@ def test_the_options_are_checked_before_any_work(tmp_path):
         VirtualNetConfig(groups=3).validate()
 
 
+@pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_virtualnet.py
 def test_synthetic_faces_end_to_end_beats_chance_on_held_out_images(tmp_path, monkeypatch):
     from icao_mtl.synth import SynthConfig, generate
     from nas.virtualnet import VirtualNetConfig, run
