@@ -142,6 +142,40 @@ def test_end_to_end_search_pretrains_searches_retrains_and_writes_the_table(smal
     assert nas_search.main(["--summarize", str(out), str(out)]) == 0
 
 
+def test_the_final_retraining_from_images_reproduces_the_trial_within_seed_noise(tmp_path, data_root, monkeypatch):
+    """On the digits (a random small CNN's features separate them: EER well below chance), the best
+    child retrained from images (fresh augmentation every epoch, the frozen backbone run on every
+    image) as long as a trial reaches the trial's validation EER within the seed spread of the trial
+    itself (the same child trained on the cached views from two other seeds)."""
+    from nas.depth.features import load_or_build
+    from nas.depth.population import PopulationTrainer
+
+    monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
+    out, epochs = tmp_path / "s", 4
+    assert nas_search.main(["--data", "digits", "--img-size", "32", "--out", str(out), "--quiet", "--views", "2",
+                            "--controller", "random", "--trials", "2", "--child-epochs", str(epochs), "--lr", "3e-3",
+                            "--pretrain-epochs", "0", "--final-epochs", str(epochs)]) == 0
+    recs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*.json"))]
+    best = min(recs, key=lambda r: r["metrics"]["val_eer_mean"])
+    assert best["metrics"]["val_eer_mean"] < 0.35
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["epochs"] == epochs and cfg["freeze_backbone"] and cfg["monitor"] == "val_eer"
+    history = json.loads((out / "final" / "history.json").read_text())
+    assert len(next(iter(history.values()))) == epochs  # trained from images by an ordinary run
+    final_val = json.loads((out / "final" / "metrics.json").read_text())["val"]["eer_mean"]
+    from icao_mtl.runs import prepare_data
+
+    _, splits = prepare_data(nas_search.SearchConfig(data="digits", img_size=32).train_config(), verbose=0)
+    feats = load_or_build(out / "feature_cache", splits, backbone="small_cnn", weights=str(out / "backbone.weights.h5"),
+                          image_size=32, augment=data.augment_config("reference"), views=2, seed=0, verbose=0)
+    again = PopulationTrainer(feats, splits, population=2, lr=3e-3, seed=0)
+    again.assign_many({0: (tuple(best["config"]), 101), 1: (tuple(best["config"]), 102)})
+    again.train(epochs)
+    a, b = (s["eer_mean"] for s in again.score())
+    noise = abs(a - b)
+    assert abs(final_val - best["metrics"]["val_eer_mean"]) <= 0.03 + 2 * noise, (final_val, best["metrics"], a, b)
+
+
 def test_a_diverging_child_is_a_failed_trial_and_the_search_goes_on(small, tmp_path, monkeypatch):
     from icao_mtl.errors import NonFiniteLossError
 
