@@ -4,7 +4,9 @@
    requisite groups): one batch of the Shared network (all tasks, one forward) against one batch of
    the supergraph's warm-up (4 unit steps, one-hot routes), of its weight pass and of its architecture
    pass (4 unit forwards with Gumbel mixtures over K copies; a search epoch = the architecture pass over
-   a quarter as many batches + the weight pass), for K = 4 (the method: K = units) and 2.
+   a quarter as many batches + the weight pass), for K = 4 (the method: K = units) and 2, at the
+   training resolution and at half of it (the search's default, as the paper), against the Shared
+   network's step at the training resolution.
 2. The search's wall time on the default dataset, read from a finished ``python -m nas.bmtas`` run
    (``--search-run DIR``; its per-epoch seconds are in each ``lambda_*/trace.json``).
 3. Inference cost of the retrained branched networks against Shared and Single (one trunk per unit):
@@ -25,12 +27,12 @@ from _common import write
 SIZE, BATCH, BATCHES = 128, 32, 12
 
 
-def _data(tasks, n_batches):
+def _data(tasks, n_batches, size=SIZE):
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (n_batches * BATCH, SIZE, SIZE, 3)).astype("float32")
+    x = rng.uniform(0, 255, (n_batches * BATCH, size, size, 3)).astype("float32")
     y = {t: rng.integers(-1, 2, n_batches * BATCH).astype("int32") for t in tasks}
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).cache()
 
@@ -55,7 +57,6 @@ def step_times() -> dict:
     tasks, names, units = _setup()
     spec = layout("small_cnn", "fine")
     data = _data(tasks, BATCHES)
-    arch = _data(tasks, BATCHES // 4)
     out = {}
     keras.utils.set_random_seed(0)
     shared, _ = build_branched(spec, tasks, units, np.zeros((4, 4), int), image_size=SIZE, unit_names=names)
@@ -63,16 +64,18 @@ def step_times() -> dict:
                     tensorboard=False)
     hist = engine.fit([Phase("train", 3, validate=False)], {"train": data})
     out["shared_network_batch_s"] = min(h["seconds"] for h in hist[1:]) / BATCHES
-    for k in (4, 2):
+    # the search at the training resolution (128 px), and at half of it (the default, as the paper)
+    for k, size in ((4, SIZE), (2, SIZE), (4, SIZE // 2), (2, SIZE // 2)):
         keras.utils.set_random_seed(0)
-        sg = Supergraph(spec, tasks, units, k, SIZE)
+        sg = Supergraph(spec, tasks, units, k, size)
         costs = np.ones(len(spec.layers), np.float32) / len(spec.layers)
         phases = search_phases(sg, epochs=5, warmup=2, lam=0.5, cost=resource_cost("chain", 4, k, costs))
         engine = Engine(sg, tasks, groups=search_groups(sg), monitor="loss", verbose=0, tensorboard=False)
-        hist = engine.fit(phases, {"weights": data, "arch": arch})
+        hist = engine.fit(phases, {"weights": _data(tasks, BATCHES, size), "arch": _data(tasks, BATCHES // 4, size)})
         warm = hist[1]["seconds"] / BATCHES
         search = min(h["seconds"] for h in hist[3:])  # arch pass (BATCHES/4 batches) + weight pass (BATCHES)
-        out[f"supergraph_K{k}"] = {"warmup_batch_s": warm, "search_epoch_s": search,
+        out[f"supergraph_K{k}" + ("" if size == SIZE else f"_{size}px")] = {
+                                   "image_size": size, "warmup_batch_s": warm, "search_epoch_s": search,
                                    "search_epoch_per_weight_batch_s": search / BATCHES,
                                    "vs_shared_per_weight_batch": search / BATCHES / out["shared_network_batch_s"]}
     return out

@@ -270,3 +270,21 @@ def test_the_search_on_the_new_step_plan_computes_what_it_computed_before():
             assert a["weights_loss"] == pytest.approx(b["weights_loss"], rel=1e-5)
         assert a["temperature"] == pytest.approx(b["temperature"])
         np.testing.assert_allclose(a["alpha"], b["alpha"], atol=1e-6)
+
+
+def test_the_search_runs_at_half_the_training_resolution_by_default(synth_small):
+    """The paper searches at half resolution; the MAdds table and the retraining keep the training one."""
+    from nas.bmtas.command import _data
+
+    assert BranchingConfig(img_size=128).resolved_search_size() == 64
+    assert BranchingConfig(img_size=32).resolved_search_size() == 32  # never below 32 px
+    assert BranchingConfig(img_size=128, search_size=96).resolved_search_size() == 96
+    assert BranchingConfig(backbone="mobilenet_v2").resolved_search_size() == 112
+    cfg = BranchingConfig(data=str(synth_small), img_size=64, verbose=0)
+    _, _, _, streams, pipes, size = _data(cfg, 0)
+    assert size == 64 and pipes["train"].image_size == 64
+    assert {s.image_size for s in streams.values()} == {32}
+    x, _ = next(iter(streams["weights"].train(0)))
+    assert tuple(x.shape[1:3]) == (32, 32)
+    with pytest.raises(Exception, match="--search-size"):
+        BranchingConfig(search_size=8).validate()

@@ -80,6 +80,16 @@ class BranchingConfig(CommonConfig):
                                "the reference code's choice)")
     baselines: bool = option(False, "also train the Shared and Single networks")
     augment: str = option("reference", "augmentation preset")
+    search_size: int | None = option(None, "image size of the search (default: half the training resolution, at "
+                                           "least 32 px, as the paper; the retraining and the MAdds table use the "
+                                           "training resolution)")
+
+    def resolved_search_size(self) -> int:
+        """The search's image size: ``--search-size``, or half the training size (at least 32 px; the
+        paper searches at half resolution, and the routing it finds holds at full resolution)."""
+        if self.search_size is not None:
+            return int(self.search_size)
+        return max(32, self.train_config().model_config().resolved_size() // 2)
 
     def warmup_epochs(self) -> int:
         return self.warmup if self.warmup is not None else max(1, self.epochs // 20)
@@ -107,6 +117,8 @@ class BranchingConfig(CommonConfig):
                               "epochs search.")
         if not 0 < self.arch_fraction < 1:
             raise ConfigError(f"--arch-fraction must be in (0, 1). Received: {self.arch_fraction}.")
+        if self.search_size is not None and (not isinstance(self.search_size, int) or self.search_size < 16):
+            raise ConfigError(f"--search-size must be an image size of at least 16 px. Received: {self.search_size!r}.")
         if self.copies is not None and self.copies < 2:
             raise ConfigError(f"--copies must be >= 2. Received: {self.copies}.")
         self.train_config().validate()
@@ -131,7 +143,7 @@ def _data(cfg: BranchingConfig, verbose: int):
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(splits.train))
     n_arch = max(1, int(round(cfg.arch_fraction * len(order))))
-    common = dict(image_size=size, batch_size=cfg.batch_size, seed=cfg.seed)
+    common = dict(image_size=cfg.resolved_search_size(), batch_size=cfg.batch_size, seed=cfg.seed)
     streams = {"weights": ImagePipeline(splits.train.subset(np.sort(order[n_arch:])), augment=tcfg.augment_config(),
                                         **common),
                "arch": ImagePipeline(splits.train.subset(np.sort(order[:n_arch])), augment=tcfg.augment_config(),
@@ -244,7 +256,8 @@ def _run(cfg: BranchingConfig, resume: bool) -> BranchingResult:
     if verbose:
         print(f"BMTAS on {cfg.backbone} ({cfg.granularity}, {len(spec.layers)} searchable layers, {copies} copies each), "
               f"{n_units} routing units: {', '.join(f'{n} ({len(u)} tasks)' for n, u in zip(unit_names, units))}; "
-              f"resource loss: {kind}; encoder {normaliser / 1e6:.1f} M MAdds per copy at {size} px.")
+              f"resource loss: {kind}; encoder {normaliser / 1e6:.1f} M MAdds per copy at {size} px; search at "
+              f"{cfg.resolved_search_size()} px.")
     rows, structures = [], {}
     for lam in cfg.lambdas:
         lam_dir = _lambda_dir(out, lam)
@@ -255,7 +268,8 @@ def _run(cfg: BranchingConfig, resume: bool) -> BranchingResult:
             config = np.asarray(info["config"])
         else:
             keras.utils.set_random_seed(cfg.seed)
-            model = Supergraph(spec, tasks, units, copies, size, weights=cfg.weights, seed=cfg.seed)
+            model = Supergraph(spec, tasks, units, copies, cfg.resolved_search_size(), weights=cfg.weights,
+                               seed=cfg.seed)
             engine = Engine(model, tasks, groups=search_groups(model, lr=cfg.lr, arch_lr=cfg.arch_lr),
                             run_dir=lam_dir / "search", monitor="loss", verbose=1 if verbose else 0, seed=cfg.seed)
             trace = TraceWriter(model, lam_dir / "trace.json", cost, layer_madds, normaliser)
