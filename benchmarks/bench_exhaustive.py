@@ -32,16 +32,6 @@ import numpy as np
 from _common import RESULTS, write
 
 
-def _run(S, splits, features, space, out: Path, oracle, cfg):
-    oracle.verbose = 0
-    tuner = S._tuner_class()(oracle, S._Context(cfg, space, splits, features, out), directory=str(out),
-                             project_name="tuner", overwrite=True)
-    t = time.perf_counter()
-    tuner.search(verbose=0)
-    seconds = time.perf_counter() - t
-    return S._trial_records(out), seconds
-
-
 def _population_speed(splits, features, space, n: int = 25) -> dict:
     from nas.depth.population import PopulationTrainer
 
@@ -107,7 +97,7 @@ def main():
     for seed in (0, 1):
         cfg = S.SearchConfig(controller="exhaustive", population=args.population, final_epochs=0, seed=seed,
                              verbose=0, pretrain_epochs=0)
-        recs, seconds = _run(S, splits, features, space, work / f"exhaustive_{seed}", S.make_oracle(cfg, space), cfg)
+        recs, seconds = S.search_with(S.make_oracle(cfg, space), cfg, space, splits, features, work / f"exhaustive_{seed}")
         eer = np.full(space.size, np.nan)
         for r in recs:
             if r["metrics"]:
@@ -155,7 +145,7 @@ def main():
         for seed in range(args.seeds):
             cfg = S.SearchConfig(controller=name if name in ("random", "reinforce", "reference") else "random",
                                  trials=args.trials, final_epochs=0, seed=seed, verbose=0, pretrain_epochs=0)
-            recs, seconds = _run(S, splits, features, space, work / f"{name}_{seed}", make(cfg), cfg)
+            recs, seconds = S.search_with(make(cfg), cfg, space, splits, features, work / f"{name}_{seed}")
             done = [r for r in recs if r["metrics"]]
             chosen = min(done, key=lambda r: r["metrics"]["val_eer_mean"])
             idx = space.index(tuple(chosen["config"]))

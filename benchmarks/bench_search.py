@@ -49,13 +49,7 @@ def _searches(base: Path, trials: int, seeds: int, weights: str, cache: Path):
             cfg = S.SearchConfig(controller="random", trials=trials, child_epochs=1, final_epochs=0, seed=seed,
                                  weights=weights, cache_dir=str(cache), verbose=0, out=str(out))
             oracle = make(seed)
-            oracle.verbose = 0
-            tuner = S._tuner_class()(oracle, S._Context(cfg, space, splits, features, out), directory=str(out),
-                                     project_name="tuner", overwrite=True)
-            t = time.perf_counter()
-            tuner.search(verbose=0)
-            seconds = time.perf_counter() - t
-            recs = S._trial_records(out)
+            recs, seconds = S.search_with(oracle, cfg, space, splits, features, out)
             curve = [r["metrics"]["val_eer_mean"] if r["metrics"] else None for r in recs]
             best = min((r for r in recs if r["metrics"]), key=lambda r: r["metrics"]["val_eer_mean"])
             curves[f"{name} (seed {seed})"] = curve

@@ -21,3 +21,21 @@ def synth_small(tmp_path_factory):
 def data_root(tmp_path_factory):
     """A private data root for named sets (digits, lfw)."""
     return tmp_path_factory.mktemp("data_root")
+
+
+@pytest.fixture(scope="session")
+def small_portraits(tmp_path_factory):
+    """300 portraits at 64 px, their splits, and a random small-CNN weights file (no pretraining):
+    ``(root, dataset dir, splits, weights path)``."""
+    import keras
+
+    from icao_mtl import data
+    from icao_mtl.backbones import build_backbone, save_backbone_weights
+
+    root = tmp_path_factory.mktemp("portraits64")
+    ds_dir = generate(root / "data", SynthConfig(n=300, size=64, seed=4), progress=False)
+    keras.utils.set_random_seed(0)
+    _, bb = build_backbone("small_cnn", keras.Input((64, 64, 3)), weights="none")
+    weights = root / "small.weights.h5"
+    save_backbone_weights(bb, weights)
+    return root, ds_dir, data.split_dataset(data.read_dataset(ds_dir), seed=0), str(weights)

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from icao_mtl import data
-from icao_mtl.backbones import build_backbone, save_backbone_weights
 from icao_mtl.losses import MaskedMultiTaskLoss
-from icao_mtl.synth import SynthConfig, generate
 from icao_mtl.training import Engine, Phase
 from nas.depth import search as nas_search
 from nas.depth.features import FeaturePipeline, load_or_build
@@ -15,16 +13,12 @@ from nas.depth.population import PopulationTrainer
 
 
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory):
+def cached(small_portraits, tmp_path_factory):
     """300 portraits at 64 px, their splits and their features under a random small CNN (2 views)."""
-    root = tmp_path_factory.mktemp("population")
-    ds_dir = generate(root / "data", SynthConfig(n=300, size=64, seed=4), progress=False)
-    keras.utils.set_random_seed(0)
-    _, bb = build_backbone("small_cnn", keras.Input((64, 64, 3)), weights="none")
-    save_backbone_weights(bb, root / "small.weights.h5")
-    splits = data.split_dataset(data.read_dataset(ds_dir), seed=0)
-    feats = load_or_build(root / "cache", splits, backbone="small_cnn", weights=str(root / "small.weights.h5"),
-                          image_size=64, augment=data.augment_config("reference"), views=2, seed=0, verbose=0)
+    _, _, splits, weights = small_portraits
+    feats = load_or_build(tmp_path_factory.mktemp("population") / "cache", splits, backbone="small_cnn",
+                          weights=weights, image_size=64, augment=data.augment_config("reference"), views=2, seed=0,
+                          verbose=0)
     return splits, feats
 
 

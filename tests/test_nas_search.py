@@ -9,28 +9,14 @@ import numpy as np
 import pytest
 
 from icao_mtl import data
-from icao_mtl.backbones import build_backbone, save_backbone_weights, set_backbone_trainable
-from icao_mtl.synth import SynthConfig, generate
+from icao_mtl.backbones import set_backbone_trainable
 from nas.depth import search as nas_search
 from nas.depth.features import FeaturePipeline, load_or_build
 from nas.depth.heads import copy_full_to_grouped, copy_grouped_to_full, grouped_head, parameters
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A 300-image synthetic set at 64 px, its splits, and a small-CNN weights file (no pretraining needed)."""
-    root = tmp_path_factory.mktemp("nas")
-    ds_dir = generate(root / "data", SynthConfig(n=300, size=64, seed=4), progress=False)
-    keras.utils.set_random_seed(0)
-    _, bb = build_backbone("small_cnn", keras.Input((64, 64, 3)), weights="none")
-    weights = root / "small.weights.h5"
-    save_backbone_weights(bb, weights)
-    ds = data.read_dataset(ds_dir)
-    return root, ds_dir, data.split_dataset(ds, seed=0), str(weights)
-
-
-def test_feature_cache_is_keyed_and_rebuilt_not_misused(small, tmp_path):
-    root, _, splits, weights = small
+def test_feature_cache_is_keyed_and_rebuilt_not_misused(small_portraits, tmp_path):
+    root, _, splits, weights = small_portraits
     aug = data.augment_config("reference")
     kw = dict(backbone="small_cnn", weights=weights, image_size=64, seed=0, verbose=0)
     first = load_or_build(tmp_path, splits, augment=aug, views=2, **kw)
@@ -53,12 +39,12 @@ def test_feature_cache_is_keyed_and_rebuilt_not_misused(small, tmp_path):
     assert rebuilt.built and np.abs(rebuilt.train).sum() > 0
 
 
-def test_cached_and_uncached_children_give_the_same_validation_metrics(small, tmp_path):
+def test_cached_and_uncached_children_give_the_same_validation_metrics(small_portraits, tmp_path):
     from icao_mtl.architectures import ModelConfig, build_model
     from icao_mtl.losses import MaskedMultiTaskLoss
     from icao_mtl.training import Engine, Phase
 
-    _, _, splits, weights = small
+    _, _, splits, weights = small_portraits
     feats = load_or_build(tmp_path, splits, backbone="small_cnn", weights=weights, image_size=64, augment=None,
                           seed=0, verbose=0)
     tasks, groups, config = splits.train.tasks, splits.train.groups, (2, 1, 3, 1)
@@ -118,8 +104,8 @@ def _args(ds_dir, out, *extra, weights=None, cache=None, final=2):
     return a + list(extra)
 
 
-def test_end_to_end_search_pretrains_searches_retrains_and_writes_the_table(small, tmp_path):
-    _, ds_dir, _, _ = small
+def test_end_to_end_search_pretrains_searches_retrains_and_writes_the_table(small_portraits, tmp_path):
+    _, ds_dir, _, _ = small_portraits
     out = tmp_path / "s"
     assert nas_search.main(_args(ds_dir, out, "--controller", "random", "--trials", "4", "--child-epochs", "1",
                                  "--pretrain-epochs", "1")) == 0
@@ -176,12 +162,12 @@ def test_the_final_retraining_from_images_reproduces_the_trial_within_seed_noise
     assert abs(final_val - best["metrics"]["val_eer_mean"]) <= 0.03 + 2 * noise, (final_val, best["metrics"], a, b)
 
 
-def test_a_diverging_child_is_a_failed_trial_and_the_search_goes_on(small, tmp_path, monkeypatch):
+def test_a_diverging_child_is_a_failed_trial_and_the_search_goes_on(small_portraits, tmp_path, monkeypatch):
     from icao_mtl.errors import NonFiniteLossError
 
     from nas.depth.population import PopulationTrainer
 
-    _, ds_dir, _, weights = small
+    _, ds_dir, _, weights = small_portraits
     real = PopulationTrainer.train
     calls = {"n": 0}
 
@@ -207,8 +193,8 @@ def _free_port():
 
 
 @pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_nas_search.py
-def test_distributed_search_with_a_chief_and_two_workers(small, tmp_path):
-    _, ds_dir, _, weights = small
+def test_distributed_search_with_a_chief_and_two_workers(small_portraits, tmp_path):
+    _, ds_dir, _, weights = small_portraits
     out = tmp_path / "dist"
     port = str(_free_port())
     args = [sys.executable, "-m", "nas.depth", *_args(ds_dir, out, "--controller", "random", "--trials", "6",

@@ -265,6 +265,22 @@ class _Context:
             print(f"trial {trial_id}: depths {list(config)} failed: {failure}")
 
 
+def search_with(oracle, cfg: SearchConfig, space: BranchDepthSpace, splits, features, out) -> tuple[list, float]:
+    """Run any keras-tuner oracle over ``space.hyperparameters()`` (one of :data:`CONTROLLERS` from
+    :func:`make_oracle`, or keras-tuner's own RandomSearch / BayesianOptimization) with the search's
+    tuner on cached ``features``: trials trained as ``cfg`` says, written to ``out/trials``.
+
+    Returns:
+        The trial records (:func:`_trial_records`, in trial order) and the search's seconds.
+    """
+    oracle.verbose = 0
+    tuner = _tuner_class()(oracle, _Context(cfg, space, splits, features, out), directory=str(out),
+                           project_name="tuner", overwrite=True)
+    start = time.perf_counter()
+    tuner.search(verbose=0)
+    return _trial_records(Path(out)), time.perf_counter() - start
+
+
 def make_oracle(cfg: SearchConfig, space: BranchDepthSpace):
     from .controllers import CONTROLLERS
 
