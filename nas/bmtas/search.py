@@ -106,8 +106,10 @@ def search_phases(model: Supergraph, *, epochs: int, warmup: int, lam: float, co
     def arch_loss(m, x, y, ctx):
         resource = tf.cast(cost(m.alpha), tf.float32)
         total, logs = 0.0, None
+        # every unit's forward in one call: the stem and the first layer's copies computed once
+        unit_outputs = m.forward_units(x, [m.sample(u) for u in range(m.n_units)], training=True)
         for u, (loss_fn, index) in enumerate(per_unit):
-            outputs = m.forward_unit(x, u, m.sample(u), training=True)
+            outputs = unit_outputs[u]
             loss, unit_logs = loss_fn({t: y[t] for t in m.units[u]}, outputs)
             # a unit without any label in the batch is skipped, resource term included (as the reference)
             present = tf.cast(tf.reduce_sum(unit_logs["n"]) > 0, tf.float32)

@@ -146,6 +146,28 @@ class Supergraph(keras.Model):
         f = self.features(images, mixtures, training=training)
         return {t: self._head_of[t](f) for t in self.units[unit]}
 
+    def forward_units(self, images, mixtures, training=None) -> list[dict]:
+        """:meth:`forward_unit` of every unit at once, ``mixtures`` a list of U (L, K) matrices: what all
+        units share is computed once, the stem and the K copies of the first searchable layer (they
+        read the same input), each unit then mixing those copies with its own weights. The outputs
+        and their gradients with respect to the mixtures are those of U separate forwards (batch-norm
+        statistics are updated once instead of U times)."""
+        x = self._stem(images, training=training)
+        first = self.mixed[0]
+        copies = [first.single(x, i, training=training) for i in range(self.copies)]
+        out = []
+        for u, mixture in enumerate(mixtures):
+            m0 = keras.ops.cast(mixture[0], first.compute_dtype)
+            h = None
+            for i, y in enumerate(copies):  # the order of MixedOp.call's sum
+                y = m0[i] * y
+                h = y if h is None else h + y
+            for l, op in enumerate(self.mixed[1:], start=1):
+                h = op(h, mixture[l], training=training)
+            f = self.pool(h)
+            out.append({t: self._head_of[t](f) for t in self.units[u]})
+        return out
+
     def forward_config(self, images, config, training=None) -> dict:
         """All tasks, each unit along the copies of ``config`` (L, U) op indices."""
         import tensorflow as tf
