@@ -1,13 +1,14 @@
-"""Search controllers side by side, and the feature cache against training from images.
+"""A branch-depth trial on the feature cache against the same trial from images.
 
-1. RANDOM, REINFORCE, REFERENCE (the reference code's controller), keras-tuner's RandomSearch and
-   BayesianOptimization, with the same budget (N trials, m child epochs) on the same cached features
-   of the default synthetic set: best validation EER against trials (results/bench_search.json and
-   results/bench_search.png).
-2. One trial (m = 1) from cached features against the same trial from images (frozen backbone): time
-   and validation EER (small CNN at 128 px; MobileNetV2 at 224 px on a subset).
+One trial (m = 1) from cached features (the population network of every trial, P = 1, as a search
+runs it), the former cached path (a child built and traced per trial) and the same trial from images
+through the frozen backbone, from the same head weights: seconds and validation EER (small CNN at
+128 px, pretrained 8 epochs as ``nas.depth`` does offline; MobileNetV2 at 224 px, random). The search
+controllers are compared in ``bench_exhaustive.py``, against the exhaustive ranking.
 
-    python benchmarks/bench_search.py [--trials 50] [--seeds 2]
+    python benchmarks/bench_search.py [--mobilenet-images 3000]
+
+Writes results/bench_search.json.
 """
 
 from __future__ import annotations
@@ -19,47 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import RESULTS, write
-
-
-def _searches(base: Path, trials: int, seeds: int, weights: str, cache: Path):
-    import keras_tuner
-
-    from nas.depth import search as S
-    from nas.depth.space import BranchDepthSpace
-
-    curves, results = {}, []
-    cfg0 = S.SearchConfig(trials=trials, child_epochs=1, final_epochs=0, weights=weights, cache_dir=str(cache),
-                          verbose=0, pretrain_epochs=0)
-    _, splits, _, features = S._prepare(cfg0, base, 0)
-    space = BranchDepthSpace(tuple(splits.train.groups), tuple(range(1, 6)))
-    objective = keras_tuner.Objective("val_eer_mean", "min")
-    makers = {
-        "random": lambda s: S.make_oracle(S.SearchConfig(controller="random", trials=trials, seed=s), space),
-        "reinforce": lambda s: S.make_oracle(S.SearchConfig(controller="reinforce", trials=trials, seed=s), space),
-        "reference": lambda s: S.make_oracle(S.SearchConfig(controller="reference", trials=trials, seed=s), space),
-        "kt_random": lambda s: keras_tuner.oracles.RandomSearchOracle(objective, trials, seed=s + 1,
-                                                                      hyperparameters=space.hyperparameters()),
-        "kt_bayesian": lambda s: keras_tuner.oracles.BayesianOptimizationOracle(
-            objective, trials, seed=s + 1, hyperparameters=space.hyperparameters()),
-    }
-    for name, make in makers.items():
-        for seed in range(seeds):
-            out = base / f"{name}_{seed}"
-            cfg = S.SearchConfig(controller="random", trials=trials, child_epochs=1, final_epochs=0, seed=seed,
-                                 weights=weights, cache_dir=str(cache), verbose=0, out=str(out))
-            oracle = make(seed)
-            recs, seconds = S.search_with(oracle, cfg, space, splits, features, out)
-            curve = [r["metrics"]["val_eer_mean"] if r["metrics"] else None for r in recs]
-            best = min((r for r in recs if r["metrics"]), key=lambda r: r["metrics"]["val_eer_mean"])
-            curves[f"{name} (seed {seed})"] = curve
-            results.append({"controller": name, "seed": seed, "trials": len(recs), "seconds": seconds,
-                            "seconds_per_trial": seconds / max(1, len(recs)),
-                            "distinct_configs": len({tuple(r["config"]) for r in recs}),
-                            "best_val_eer_mean": best["metrics"]["val_eer_mean"], "best_config": best["config"],
-                            "stop_reason": getattr(oracle, "stop_reason", None)})
-            print(results[-1])
-    return curves, results
+from _common import write
 
 
 def _cached_vs_images(backbone, size, weights, n_images=None):
@@ -144,10 +105,6 @@ def _cached_vs_images(backbone, size, weights, n_images=None):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--skip-controllers", action="store_true",
-                        help="only the cached-vs-images timing (keeps the controllers of an earlier JSON)")
     parser.add_argument("--mobilenet-images", type=int, default=None,
                         help="images for the MobileNetV2 timing (default: the whole default set)")
     args = parser.parse_args()
@@ -170,20 +127,7 @@ def main():
     results["cached_vs_images"] = trial_cost
     for r in trial_cost:
         print(r)
-    previous = RESULTS / "bench_search.json"
-    if args.skip_controllers and previous.is_file():
-        import json
-
-        old = json.loads(previous.read_text())
-        results.update({k: old[k] for k in ("controllers", "curves") if k in old})
-    if not args.skip_controllers:
-        curves, runs = _searches(work, args.trials, args.seeds, weights, work / "cache")
-        results["controllers"] = runs
-        results["curves"] = curves
-        from nas.depth.search import plot_best_so_far
-
-        plot_best_so_far({k: v for k, v in curves.items()}, RESULTS / "bench_search.png")
-    write("bench_search", {"trials": args.trials, "seeds": args.seeds, **results})
+    write("bench_search", results)
 
 
 if __name__ == "__main__":
