@@ -9,7 +9,9 @@ compression, illumination, dynamic range, background uniformity, skin colour, re
   each rendered 20 times with blur, pixelation, exposure, washed-out and ink defects of known
   severity). The model, trained on synthetic portraits only, scores each face after ``check``'s own
   alignment (MTCNN eyes to the training framing); the measures read the face crop as it is. The AUC
-  of compliant against degraded is reported too.
+  of compliant against degraded is reported too. A run trained with ``--extra-train lfw_framed`` (the
+  LFW train split's faces beside the portraits) is scored on the 25 faces of the LFW val and test
+  splits only, which it never saw.
 
     python benchmarks/bench_classical.py --run runs/default   # a run trained on the default synthetic set
 
@@ -76,8 +78,13 @@ def lfw_part(run: Path, limit: int | None) -> dict:
     from icao_mtl import data as idata
     from icao_mtl.runs import load_models
 
+    from icao_mtl.config import TrainConfig
+
     ds = idata.read_dataset(idata.resolve("lfw"), check_images="none")
-    order = np.arange(len(ds)) if limit is None else np.random.default_rng(0).permutation(len(ds))[:limit]
+    trained_on_lfw = bool(TrainConfig.from_json(run / "config.json").extra_train)
+    # a run trained on the LFW faces of the train split (--extra-train lfw_framed) is scored on the others
+    rows = np.flatnonzero(ds.split != "train") if trained_on_lfw else np.arange(len(ds))
+    order = rows if limit is None else np.random.default_rng(0).permutation(rows)[:limit]
     predictor = check.KerasPredictor(load_models(run))
     size = predictor.input_size
     images, framed, found = [], [], 0
@@ -91,7 +98,8 @@ def lfw_part(run: Path, limit: int | None) -> dict:
                                  else cv2.INTER_CUBIC).astype(np.float32))
     align_s = time.perf_counter() - t0
     scores = predictor.predict(np.stack(framed))
-    out = {"_faces_found": int(found), "_images": int(len(order)), "_alignment_s_per_image": align_s / len(order)}
+    out = {"_faces_found": int(found), "_images": int(len(order)), "_alignment_s_per_image": align_s / len(order),
+           "_faces": "val and test faces (the run trained on the train faces)" if trained_on_lfw else "all 100"}
     for task in ds.tasks:
         y = ds.labels[order, ds.tasks.index(task)]
         m = _rates(y, scores[task]) if task in scores else {"eer": None, "auc": None}

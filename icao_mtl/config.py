@@ -47,6 +47,7 @@ class TrainConfig:
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
     mapping: str | None = None  # column mapping JSON for other exports
     tasks: list | None = None  # subset of the dataset's tasks
+    extra_train: str | None = None  # a second dataset whose train split joins the training split (e.g. lfw_framed)
     synth_n: int = 6000
     synth_size: int = 224
     split: list = field(default_factory=lambda: [0.75, 0.15, 0.10])

@@ -54,6 +54,12 @@ def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
     if verbose:
         print(ds.report.summary())
         print(splits.report.summary())
+    if cfg.extra_train:
+        extra = data.load(cfg.extra_train, check_images=cfg.check_images, progress=verbose > 0)
+        splits = data.with_extra_training(splits, extra, fractions=tuple(cfg.split), seed=cfg.split_seed)
+        if verbose:
+            print(f"--extra-train {cfg.extra_train}: {splits.report.extra_train} of its training images added "
+                  f"(train split now {len(splits.train)})")
     return ds, splits
 
 

@@ -29,10 +29,13 @@ _FLAGS = {
     "loss_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
-    "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str,
+    "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
+    "extra_train": "a second dataset (directory or lfw_framed) whose train split is added to the training "
+                   "split: its tasks must be among --data's, the others count as not applicable; validation "
+                   "and test stay --data's",
     "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
     "approach": f"one of {', '.join(APPROACHES)} (default hc2)",
     "backbone": "small_cnn (default), vgg16, vgg19, mobilenet_v2, inception_v3, resnet50_v2",

@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -224,3 +226,63 @@ def test_a_task_subset_skips_the_other_requisite_columns(synth_small):
     ds = read_dataset(synth_small, tasks=["veil", "blurred"], check_images="exists")
     assert ds.tasks == ("veil", "blurred") and ds.labels.shape == (240, 2)
     assert ds.groups == {"g0": ("blurred",), "g1": ("veil",)}
+
+
+def _extra_set(root, tasks=("blurred", "light"), split=True):
+    lines = [f"{i:03d}.png," + ",".join(["0" if i % 2 else "1"] * len(tasks))
+             + ("," + ("train", "train", "val", "test")[i % 4] if split else "") for i in range(8)]
+    _make(root, lines, header="image," + ",".join(tasks) + (",split" if split else ""), n_images=0)
+    for i in range(8):  # larger than _make's: check's photos have at least 32 px a side
+        cv2.imwrite(str(root / "images" / f"{i:03d}.png"), np.full((40, 36, 3), 30 * i, np.uint8))
+    (root / "meta.json").write_text(json.dumps({"version": "1.0", "params": {}, "tasks": list(tasks),
+                                                "groups": {"image": list(tasks)}}))
+    return root
+
+
+def test_extra_training_rows_join_the_training_split_only_and_analyze_finds_them(tmp_path):
+    from icao_mtl.analyze import split_dataset_of_run
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.runs import prepare_data, write_split
+
+    main = _make(tmp_path / "main", [f"{i:03d}.png," + ",".join(["1" if i % 2 else "0"] * 23) + ","
+                                     + ("train", "val", "test")[i % 3] for i in range(9)],
+                 header="image," + ",".join(IDS) + ",split")
+    extra = _extra_set(tmp_path / "faces")
+    cfg = TrainConfig(data=str(main), extra_train=str(extra))
+    _, sp = prepare_data(cfg, verbose=0)
+    base = data.split_dataset(read_dataset(main))
+    assert sp.val.names == base.val.names and sp.test.names == base.test.names  # validation and test untouched
+    added = sp.train.names[len(base.train):]
+    assert added == ["faces/000.png", "faces/001.png", "faces/004.png", "faces/005.png"]  # its train rows only
+    assert sp.report.extra_train == 4 and sp.report.sizes["train"] == len(base.train) + 4
+    rows = sp.train.labels[len(base.train):]
+    for j, t in enumerate(IDS):
+        expected = [1, 0, 1, 0] if t in ("blurred", "light") else [-1] * 4  # the others: not applicable
+        assert rows[:, j].tolist() == expected, t
+    run = tmp_path / "run"
+    run.mkdir()
+    write_split(run, sp)
+    again = split_dataset_of_run(run, cfg, "train")
+    assert again.names == sp.train.names and (again.labels == sp.train.labels).all()
+    assert again.paths == sp.train.paths
+
+
+def test_extra_training_set_errors_name_the_set_and_the_fix(tmp_path):
+    main = data.split_dataset(read_dataset(_make(tmp_path / "main", _ok_rows(12))))
+    with pytest.raises(DatasetError, match=r"tasks \['n_3'\] that the training data does not have.*Fix"):
+        data.with_extra_training(main, read_dataset(_extra_set(tmp_path / "digit", tasks=("n_3",))))
+    no_split = read_dataset(_extra_set(tmp_path / "plain", split=False))
+    sp = data.with_extra_training(main, no_split)  # no split column: its own stratified train split
+    assert 0 < sp.report.extra_train < len(no_split)
+
+
+def test_lfw_framed_keeps_labels_and_split_and_frames_every_image(tmp_path):
+    from icao_mtl.data.tasksets import build_lfw_framed
+
+    source = _extra_set(tmp_path / "lfw_defects")
+    out = build_lfw_framed(tmp_path / "lfw_framed", source, size=48, align="none", progress=False)
+    framed, src = read_dataset(out), read_dataset(source)
+    assert framed.names == src.names and (framed.labels == src.labels).all() and list(framed.split) == list(src.split)
+    x = cv2.imread(framed.paths[0])
+    assert x.shape == (48, 48, 3)  # the 36 x 40 source padded to a square, then resized
+    assert build_lfw_framed(tmp_path / "lfw_framed", source, size=48, align="none", progress=False) == out

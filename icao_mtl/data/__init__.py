@@ -21,15 +21,16 @@ from pathlib import Path
 from .manifest import (IMAGE_EXTENSIONS, SPLIT_NAMES, ColumnMapping, DatasetError, LabeledDataset, ReadReport,
                        read_dataset)
 from .pipeline import AUGMENT_PRESETS, AugmentConfig, ImagePipeline, SplitView, augment_config
-from .splits import DEFAULT_FRACTIONS, SplitReport, Splits, split_dataset, stratified_split
+from .splits import DEFAULT_FRACTIONS, SplitReport, Splits, split_dataset, stratified_split, with_extra_training
 
 __all__ = ["AUGMENT_PRESETS", "AugmentConfig", "ColumnMapping", "DEFAULT_FRACTIONS", "DatasetError",
            "IMAGE_EXTENSIONS", "ImagePipeline", "LabeledDataset", "NAMED_SETS", "ReadReport", "SPLIT_NAMES",
            "SplitReport", "SplitView", "Splits", "augment_config", "load", "read_dataset", "resolve", "split_dataset",
+           "with_extra_training",
            "stratified_split"]
 
 #: Names ``--data`` accepts besides a path.
-NAMED_SETS = ("synthetic", "digits", "lfw")
+NAMED_SETS = ("synthetic", "digits", "lfw", "lfw_framed")
 
 
 def resolve(data: str | os.PathLike | None = None, root: str | os.PathLike | None = None, *,
@@ -55,6 +56,10 @@ def resolve(data: str | os.PathLike | None = None, root: str | os.PathLike | Non
         from .tasksets import build_lfw
 
         return build_lfw(root / "lfw_defects")
+    if name == "lfw_framed":
+        from .tasksets import build_lfw, build_lfw_framed
+
+        return build_lfw_framed(root / "lfw_framed", build_lfw(root / "lfw_defects"), progress=progress)
     path = Path(data)
     if not path.is_dir():
         raise DatasetError(f"--data {data!r} is neither a dataset directory nor one of {NAMED_SETS}. Fix: pass "

@@ -9,6 +9,7 @@ proportion in train, validation and test. Seeded and deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +129,7 @@ class SplitReport:
     counts: dict = field(default_factory=dict)  # split -> task -> {1: n, 0: n, -1: n}
     warnings: list = field(default_factory=list)
     source: str = "stratified"  # or "column"
+    extra_train: int = 0  # training images added from a second dataset (with_extra_training)
 
     def summary(self) -> str:
         lines = [f"split ({self.source}): " + ", ".join(f"{k} {v}" for k, v in self.sizes.items())]
@@ -184,3 +186,49 @@ def split_dataset(ds: LabeledDataset, fractions=DEFAULT_FRACTIONS, seed: int = 0
             elif c[0] == 0 and c[1] == 0:
                 report.warnings.append(f"task {t!r} has no labelled example in the {name} split.")
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], report=report)
+
+
+def with_extra_training(splits: Splits, extra: LabeledDataset, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Splits:
+    """``splits`` with the training split of a second dataset ``extra`` appended to its training split.
+
+    The extra set's rows come from its own split column (its ``train`` rows), or from
+    :func:`stratified_split` with ``fractions`` and ``seed`` when it has none, so its validation and
+    test images stay unseen (e.g. the LFW faces ``bench_classical`` scores). Its tasks must be among
+    the main set's; the main set's other tasks are "not applicable" (-1) on its rows, so they add no
+    loss. Names are prefixed with the extra set's directory name (``split.csv`` tells them apart).
+
+    Raises:
+        DatasetError: a task of ``extra`` is not one of the main set's, or its train split is empty.
+    """
+    unknown = [t for t in extra.tasks if t not in splits.train.tasks]
+    if unknown:
+        raise DatasetError(f"--extra-train {extra.root} has tasks {unknown} that the training data does not have "
+                           f"(its tasks: {', '.join(splits.train.tasks)}). Fix: pass a dataset whose columns are "
+                           "among them, or a column mapping.")
+    if extra.split is not None:
+        rows = np.flatnonzero(np.asarray(extra.split) == "train")
+    else:
+        rows = np.flatnonzero(stratified_split(extra.labels, fractions, seed) == 0)
+    if not len(rows):
+        raise DatasetError(f"--extra-train {extra.root} has no training images (its split column has no 'train' "
+                           "row). Fix: mark the rows to train on as train.")
+    merged = append_rows(splits.train, extra.subset(rows))
+    report = dataclasses.replace(splits.report, sizes={**splits.report.sizes, "train": len(merged)},
+                                 counts={**splits.report.counts, "train": merged.label_counts()},
+                                 extra_train=len(rows))
+    return Splits(train=merged, val=splits.val, test=splits.test, report=report)
+
+
+def append_rows(base: LabeledDataset, other: LabeledDataset) -> LabeledDataset:
+    """``base`` followed by the rows of ``other`` (whose tasks are among ``base``'s; the others -1 on
+    its rows), their names prefixed with ``other``'s directory name, as :func:`with_extra_training`
+    writes them into a run's ``split.csv``."""
+    labels = np.full((len(other), len(base.tasks)), NOT_APPLICABLE, dtype=base.labels.dtype)
+    for j, t in enumerate(other.tasks):
+        labels[:, base.tasks.index(t)] = other.labels[:, j]
+    prefix = other.root.name
+    return LabeledDataset(root=base.root, names=[*base.names, *(f"{prefix}/{n}" for n in other.names)],
+                          paths=[*base.paths, *other.paths], labels=np.concatenate([base.labels, labels]),
+                          tasks=base.tasks, groups=base.groups,
+                          split=None if base.split is None else np.concatenate([base.split, ["train"] * len(other)]),
+                          report=base.report, meta=base.meta)
