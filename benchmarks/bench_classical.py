@@ -22,10 +22,8 @@ Writes ``benchmarks/results/bench_classical.json``:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from _common import write
@@ -74,32 +72,14 @@ def synthetic_part(run: Path) -> dict:
 
 
 def lfw_part(run: Path, limit: int | None) -> dict:
-    from icao_mtl import check, quality
-    from icao_mtl import data as idata
-    from icao_mtl.runs import load_models
+    from icao_mtl import quality
+    from icao_mtl.check import score_degraded_faces
 
-    from icao_mtl.config import TrainConfig
-
-    ds = idata.read_dataset(idata.resolve("lfw"), check_images="none")
-    trained_on_lfw = bool(TrainConfig.from_json(run / "config.json").extra_train)
-    # a run trained on the LFW faces of the train split (--extra-train lfw_framed) is scored on the others
-    rows = np.flatnonzero(ds.split != "train") if trained_on_lfw else np.arange(len(ds))
-    order = rows if limit is None else np.random.default_rng(0).permutation(rows)[:limit]
-    predictor = check.KerasPredictor(load_models(run))
-    size = predictor.input_size
-    images, framed, found = [], [], 0
-    t0 = time.perf_counter()
-    for i in order:
-        rgb = check.load_photo(ds.paths[i])
-        images.append(rgb)
-        square, framing = check.frame_face(rgb)
-        found += framing.faces > 0
-        framed.append(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA if square.shape[0] > size
-                                 else cv2.INTER_CUBIC).astype(np.float32))
-    align_s = time.perf_counter() - t0
-    scores = predictor.predict(np.stack(framed))
-    out = {"_faces_found": int(found), "_images": int(len(order)), "_alignment_s_per_image": align_s / len(order),
-           "_faces": "val and test faces (the run trained on the train faces)" if trained_on_lfw else "all 100"}
+    got = score_degraded_faces(run, limit=limit)
+    ds, order, scores, images = got["dataset"], got["rows"], got["scores"], got["photos"]
+    out = {"_faces_found": got["faces_found"], "_images": int(len(order)),
+           "_alignment_s_per_image": got["align_s_per_image"],
+           "_faces": "val and test faces (the run trained on the train faces)" if got["unseen_only"] else "all 100"}
     for task in ds.tasks:
         y = ds.labels[order, ds.tasks.index(task)]
         m = _rates(y, scores[task]) if task in scores else {"eer": None, "auc": None}

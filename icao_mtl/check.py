@@ -322,6 +322,53 @@ class KerasPredictor:
         return out
 
 
+def score_degraded_faces(run_dir, *, limit: int | None = None, data_root=None) -> dict:
+    """The run's scores on real faces with known defects: the LFW task set (``--data lfw``), every
+    image aligned and resized as :func:`frame_face` and ``check`` do for a photo.
+
+    A run trained with ``--extra-train`` (e.g. ``lfw_framed``, the LFW train split's faces) is scored on
+    the faces of the LFW val and test splits only, which it never saw; any other run on all 100 faces.
+
+    Args:
+        run_dir: a run directory (``models/``, ``config.json``).
+        limit: score only this many images (a seeded random choice), or all.
+        data_root: where named sets live (default ``$ICAO_MTL_DATA`` or ``./data``).
+
+    Returns:
+        ``{"dataset": LabeledDataset, "rows": indices scored, "photos": the raw uint8 images,
+        "scores": {task: P(compliant) (len(rows),)}, "faces_found": int, "align_s_per_image": float,
+        "unseen_only": bool}``.
+    """
+    import time
+
+    import cv2
+
+    from . import data as idata
+    from .config import TrainConfig
+    from .runs import load_models
+
+    run_dir = Path(run_dir)
+    ds = idata.read_dataset(idata.resolve("lfw", data_root), check_images="none")
+    unseen_only = bool(TrainConfig.from_json(run_dir / "config.json").extra_train)
+    rows = np.flatnonzero(ds.split != "train") if unseen_only else np.arange(len(ds))
+    if limit is not None:
+        rows = np.random.default_rng(0).permutation(rows)[:limit]
+    predictor = KerasPredictor(load_models(run_dir))
+    size = predictor.input_size
+    photos, framed, found = [], [], 0
+    start = time.perf_counter()
+    for i in rows:
+        rgb = load_photo(ds.paths[i])
+        photos.append(rgb)
+        square, framing = frame_face(rgb)
+        found += framing.faces > 0
+        interp = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_CUBIC
+        framed.append(cv2.resize(square, (size, size), interpolation=interp).astype(np.float32))
+    align_s = (time.perf_counter() - start) / max(len(rows), 1)
+    return {"dataset": ds, "rows": rows, "photos": photos, "scores": predictor.predict(np.stack(framed)),
+            "faces_found": int(found), "align_s_per_image": align_s, "unseen_only": unseen_only}
+
+
 @dataclass
 class PhotoReport:
     photo: str

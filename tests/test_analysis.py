@@ -20,7 +20,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     data = generate(root / "data", SynthConfig(n=1600, size=96, seed=5), workers=2, progress=False)
     out = root / "run"
-    assert train.main(["--data", str(data), "--out", str(out), "--tasks", ",".join(TASKS), "--epochs", "10",
+    assert train.main(["--data", str(data), "--out", str(out), "--approach", "hc2", "--tasks", ",".join(TASKS),
+                       "--epochs", "10",
                        "--lr", "3e-3", "--img-size", "96", "--quiet", "--seed", "2", "--split-seed", "2"]) == 0
     return data, out
 

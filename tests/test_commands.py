@@ -9,7 +9,7 @@ from icao_mtl.requisites import IMAGE_LEVEL
 from icao_mtl.synth import SynthConfig, generate
 
 
-TRAIN_ARGS = ["--tasks", ",".join(IMAGE_LEVEL), "--epochs", "8", "--lr", "3e-3", "--quiet", "--seed", "1",
+TRAIN_ARGS = ["--approach", "hc2", "--tasks", ",".join(IMAGE_LEVEL), "--epochs", "8", "--lr", "3e-3", "--quiet", "--seed", "1",
               "--split-seed", "1"]
 
 

@@ -68,3 +68,17 @@ def test_the_eye_band_is_what_the_eye_branch_sees():
 def test_regions_builds_at_smaller_sizes_too(size):
     m = build_model(ModelConfig("regions", "small_cnn", "none", image_size=size), ("hat", "red_eyes"), GROUPS)
     assert tuple(m.input.shape[1:]) == (size, size, 3)
+
+
+def test_the_default_run_is_regions_with_milder_shifts_unless_told_otherwise():
+    from icao_mtl.config import REGIONS_AUGMENT, TrainConfig
+
+    default = TrainConfig()
+    assert default.approach == "regions" and default.model_config().resolved_size() == 224
+    aug = default.augment_config()
+    assert aug.width_shift == aug.height_shift == REGIONS_AUGMENT["shift"] and aug.zoom == REGIONS_AUGMENT["zoom"]
+    hc2 = TrainConfig(approach="hc2").augment_config()  # the other approaches keep the reference augmentation
+    assert (hc2.width_shift, hc2.zoom) == (0.1, 0.15)
+    told = TrainConfig(shift=0.1, zoom=0.0).augment_config()  # given values win
+    assert (told.width_shift, told.zoom) == (0.1, 0.0)
+    assert TrainConfig(augment="none").augment_config().is_identity  # another preset: as it says

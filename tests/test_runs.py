@@ -11,7 +11,7 @@ import pytest
 
 from icao_mtl import train
 
-FAST = ["--img-size", "32", "--batch-size", "16", "--quiet", "--check-images", "none", "--epochs", "1"]
+FAST = ["--approach", "hc2", "--img-size", "32", "--batch-size", "16", "--quiet", "--check-images", "none", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")

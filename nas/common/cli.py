@@ -56,7 +56,9 @@ class CommonConfig:
         dataset, the split and the pipelines every method shares with ``python -m icao_mtl.train``)."""
         from icao_mtl.config import TrainConfig
 
-        base = TrainConfig(data=self.data, mapping=self.mapping, synth_n=self.synth_n, synth_size=self.synth_size,
+        # approach hc2: the methods' pipelines at the backbone's own size (regions would read 224 px)
+        base = TrainConfig(approach="hc2", data=self.data, mapping=self.mapping, synth_n=self.synth_n,
+                           synth_size=self.synth_size,
                            backbone=self.backbone, weights=self.weights, img_size=self.img_size,
                            batch_size=self.batch_size, seed=self.seed, check_images="exists")
         return base.copy(**changes)
