@@ -239,6 +239,39 @@ REGIONS_DEFAULT_SIZE = 224
 REGIONS_POOL_ABOVE = 160
 
 
+@keras.saving.register_keras_serializable(package="icao_mtl")
+class SpatialSoftArgmax(keras.layers.Layer):
+    """Where each channel of a feature map peaks, to a fraction of a cell: per channel, the expected
+    (x, y) position under a softmax over the map's cells (Levine et al., "End-to-end training of
+    deep visuomotor policies", 2016).
+
+    Pooling forgets where a feature is, and a coarse layout map knows it only to a cell (32 px of a
+    224 px portrait for the whole-image map); a soft arg-max is a weighted mean of cell centres, so
+    it moves continuously with the feature: a head turned by 8° shifts the nose by about 6 px.
+
+    Input (batch, H, W, K); output (batch, 2K): ``x_1 .. x_K, y_1 .. y_K`` in [-1, 1] (the centres
+    of the first and last cells). The softmax temperature is learnt (one scalar, starting at 1).
+    """
+
+    def build(self, input_shape):
+        if None in tuple(input_shape[1:]):
+            raise ValueError(f"SpatialSoftArgmax needs a map of known size. Received: input_shape={input_shape}")
+        self._map_shape = tuple(int(v) for v in input_shape[1:])  # the graph's; a traced call may not know it
+        self.log_temperature = self.add_weight(shape=(), initializer="zeros", name="log_temperature")
+
+    def call(self, x):
+        ops = keras.ops
+        h, w, k = self._map_shape
+        logits = ops.reshape(ops.transpose(ops.cast(x, "float32"), (0, 3, 1, 2)), (-1, k, h * w))
+        p = ops.softmax(logits / ops.exp(ops.cast(self.log_temperature, "float32")), axis=-1)
+        grid_x = ops.tile(ops.linspace(-1.0, 1.0, w), (h,))
+        grid_y = ops.repeat(ops.linspace(-1.0, 1.0, h), w)
+        return ops.concatenate([ops.sum(p * grid_x, axis=-1), ops.sum(p * grid_y, axis=-1)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])
+
+
 def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     """The ``regions`` approach: what a requisite concerns decides the resolution it is seen at.
 
@@ -255,7 +288,10 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       (16, 24, 48, 64 filters; the first two at stride 1, then max pooling after each), average- and
       max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
       flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
-      roll and yaw move by a few pixels.
+      roll and yaw move by a few pixels;
+    - with ``extra["keypoints"]`` K > 0, K learnt keypoints in each branch (a 1x1 convolution to K
+      maps, then :class:`SpatialSoftArgmax`): on the whole-image map and on the eye band's 27 x 52
+      map (at 224 px), their coordinates to a fraction of a cell (pose, gaze, where the rims sit).
 
     Every requisite has its own D(64) -> D(2) on the concatenation, as in Handcrafted 2. Photos
     must be framed as the training portraits are (``check`` aligns real photos on the eyes). The eye
@@ -280,11 +316,18 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess")(e)
     for i, filters in enumerate((16, 24, 48, 64)):
         e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
+        if i == 2:
+            eye_fine = e  # 27 x 52 at 224 px: the finest map with 48 features
         if i >= 1:
             e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
     parts = [g_avg, g_max, g_map,
              keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}eyes_gap")(e),
              keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}eyes_gmp")(e)]
+    keypoints = int(cfg.extra.get("keypoints", 0))
+    if keypoints:
+        for where, fmap_k in (("global", fmap), ("eyes", eye_fine)):
+            maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps")(fmap_k)
+            parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints")(maps))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)
@@ -321,6 +364,34 @@ def build_model(cfg: ModelConfig, tasks, groups: dict | None = None) -> keras.Mo
     outputs = ARCHITECTURES[cfg.approach](features, tasks, groups or {"all": tasks}, cfg)
     name = f"{cfg.approach}_{cfg.backbone}" + (f"_{tasks[0]}" if cfg.approach == "stl" else "")
     return keras.Model(inputs, outputs, name=name)
+
+
+def with_severity_outputs(model: keras.Model, tasks) -> keras.Model:
+    """``model`` with one more output, :data:`~icao_mtl.data.SEVERITY_KEY` -> (batch, tasks): for every
+    task a linear D(1) on the input of the task's output layer (the last hidden layer of its head), for
+    :class:`~icao_mtl.losses.GradedMultiTaskLoss`. The new layers are head layers
+    (``head_<task>_severity``); the model's other layers are shared, not copied. Works for every
+    approach, whose output layers are named by their task ids. :func:`task_outputs` gives back the
+    model without it (what a run saves)."""
+    from .data.pipeline import SEVERITY_KEY
+
+    tasks = tuple(tasks)
+    heads = [keras.layers.Dense(1, name=f"{HEAD_PREFIX}{t}_severity", dtype="float32")(model.get_layer(t).input)
+             for t in tasks]
+    graded = heads[0] if len(heads) == 1 else keras.layers.Concatenate(name=f"{HEAD_PREFIX}severities",
+                                                                        dtype="float32")(heads)
+    outputs = {t: model.get_layer(t).output for t in tasks}
+    outputs[SEVERITY_KEY] = graded
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def task_outputs(model: keras.Model, tasks) -> keras.Model:
+    """The model restricted to the tasks' outputs (sharing its layers and weights): the inference model of
+    one trained with :func:`with_severity_outputs`; ``model`` itself when it has no other output."""
+    tasks = tuple(tasks)
+    if set(model.output_names) == set(tasks):
+        return model
+    return keras.Model(model.inputs, {t: model.get_layer(t).output for t in tasks}, name=model.name)
 
 
 def build_stl_models(cfg: ModelConfig, tasks) -> dict[str, keras.Model]:

@@ -68,6 +68,7 @@ class TrainConfig:
     dropout: float = 0.3
     nas_config: list | None = None
     eye_layout: bool = True  # regions: keep the eye band's layout beside its pooled features
+    keypoints: int = 0  # regions: learnt keypoints (soft arg-max) per branch, 0: none
     freeze_backbone: bool | None = None  # default: frozen with pretrained weights, trained from scratch otherwise
     # training
     epochs: int = 24
@@ -76,6 +77,7 @@ class TrainConfig:
     lr: float = 2e-3
     lr_schedule: str = "cosine"
     loss_weight: float = 0.1
+    severity_weight: float = 0.0  # > 0: also regress each requisite's severity (datasets with severities.csv)
     augment: str = "reference"
     flip: bool | None = None
     rotation: float | None = None
@@ -147,7 +149,8 @@ class TrainConfig:
         return ModelConfig(approach=self.approach, backbone=self.backbone, weights=self.weights,
                            image_size=self.img_size, alpha=self.alpha, dropout=self.dropout,
                            nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed,
-                           extra={"eye_layout": self.eye_layout} if self.approach == "regions" else {})
+                           extra={"eye_layout": self.eye_layout, "keypoints": self.keypoints}
+                           if self.approach == "regions" else {})
 
     def augment_config(self):
         from .data import augment_config
@@ -192,6 +195,14 @@ class TrainConfig:
                               f"Received: {self.monitor!r}.")
         if self.eer_method not in ("fvc", "roc"):
             raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
+        if not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ConfigError(f"keypoints must be an integer >= 0 (0: none). Received: {self.keypoints!r}.")
+        if self.keypoints and self.approach != "regions":
+            raise ConfigError(f"--keypoints belongs to the regions approach, not {self.approach!r}. Fix: add "
+                              "--approach regions, or drop --keypoints.")
+        if not isinstance(self.severity_weight, (int, float)) or not self.severity_weight >= 0:
+            raise ConfigError(f"severity_weight must be a number >= 0 (0: no severity regression). Received: "
+                              f"{self.severity_weight!r}.")
         if self.approach == "nas":
             if not self.nas_config or not all(isinstance(n, int) and n >= 1 for n in self.nas_config):
                 raise ConfigError(f"--nas-config must be positive integers, one per task group, e.g. 2,1,3,2. "

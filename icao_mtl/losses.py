@@ -74,3 +74,80 @@ class MaskedMultiTaskLoss:
                                 axis=0)
         loss = tf.reduce_sum(tf.constant(self._w, tf.float32) * ce_sum / tf.maximum(_global_sum(n), 1.0))
         return loss, {"ce": ce_sum, "n": n, "correct": correct}
+
+
+class GradedMultiTaskLoss(MaskedMultiTaskLoss):
+    """:class:`MaskedMultiTaskLoss` plus a regression of each task's graded severity.
+
+    A label says on which side of its threshold an image's defect lies; the severity says how far.
+    Where a dataset knows it (the synthetic set's ``severities.csv``), regressing it from the same
+    hidden layer as the label's head gives every image a target that varies within each class: an
+    image with a 3° head roll and one with 7° are both compliant, but no longer the same target.
+
+    The model's outputs hold, beside the tasks' probabilities, :data:`~icao_mtl.data.SEVERITY_KEY` ->
+    (batch, tasks) predictions (:func:`icao_mtl.architectures.with_severity_outputs`); the labels
+    hold the same key -> (batch, tasks) targets (:func:`severity_targets`; NaN: unknown, no loss).
+    The severity term is the Huber loss per task, averaged over the batch's known targets (global
+    batch under ``tf.distribute``) and summed over tasks, as the cross-entropies are.
+
+    Args:
+        tasks, weights: as :class:`MaskedMultiTaskLoss`.
+        severity_weight: factor of the severity term in the optimised loss.
+        delta: the Huber loss's delta, in units of the targets (standard deviations).
+
+    Returns, from a call: ``(ce + severity_weight * severity, logs)``; ``logs["loss"]`` is the
+    classification loss alone (what the progress line, history and ``val_loss`` compare) and
+    ``logs["severity_loss"]`` the severity term. Without severity targets in the labels (validation)
+    it is the classification loss.
+    """
+
+    def __init__(self, tasks, weights: float | dict = 1.0, severity_weight: float = 1.0, delta: float = 1.0):
+        super().__init__(tasks, weights)
+        self.severity_weight = float(severity_weight)
+        self.delta = float(delta)
+
+    def __call__(self, labels: dict, outputs: dict):
+        from .data.pipeline import SEVERITY_KEY
+
+        loss, logs = super().__call__(labels, outputs)
+        if SEVERITY_KEY not in labels or SEVERITY_KEY not in outputs:
+            return loss, logs
+        target = tf.cast(labels[SEVERITY_KEY], tf.float32)
+        known = tf.math.is_finite(target)
+        mask = tf.cast(known, tf.float32)
+        err = tf.abs(tf.cast(outputs[SEVERITY_KEY], tf.float32) - tf.where(known, target, 0.0))
+        quad = tf.minimum(err, self.delta)
+        huber = 0.5 * quad * quad + self.delta * (err - quad)
+        per_task = tf.reduce_sum(huber * mask, axis=0) / tf.maximum(_global_sum(tf.reduce_sum(mask, axis=0)), 1.0)
+        severity = tf.reduce_sum(per_task)
+        return loss + self.severity_weight * severity, {**logs, "loss": loss, "severity_loss": severity}
+
+
+def severity_targets(ds, reference=None, clip: float = 4.0):
+    """Graded targets for :class:`GradedMultiTaskLoss`: ``(severity - threshold) / scale`` per task.
+
+    Args:
+        ds: a :class:`~icao_mtl.data.LabeledDataset` with severities.
+        reference: the dataset whose thresholds and scales are used (the training split, so that
+            every split is scaled alike); default ``ds``.
+        clip: targets are clipped to ``[-clip, clip]``.
+
+    Returns:
+        float32 (len(ds), n_tasks): 0 at the task's threshold, positive on the non-compliant side,
+        in units of the reference's standard deviation of that task's severity; NaN where the
+        severity or the threshold is unknown, or where the reference's severities do not vary.
+    """
+    import warnings
+
+    import numpy as np
+
+    reference = reference if reference is not None else ds
+    if ds.severities is None or reference.severities is None:
+        raise ValueError("severity_targets needs datasets with severities (severities.csv).")
+    thresholds = reference.thresholds()
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a task without any severity: NaN, said in the docstring
+        scale = np.nanstd(reference.severities, axis=0)
+        scale = np.where(scale > 0, scale, np.nan)
+        z = (ds.severities - thresholds[None, :]) / scale[None, :]
+    return np.clip(z, -clip, clip).astype(np.float32)

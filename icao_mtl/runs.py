@@ -63,13 +63,29 @@ def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
     return ds, splits
 
 
+def check_severities(cfg: TrainConfig, splits) -> None:
+    """Refuse ``--severity-weight`` on a training split without usable severities, before any training."""
+    if not cfg.severity_weight:
+        return
+    from .losses import severity_targets
+
+    train = splits.train
+    if train.severities is None or not np.isfinite(severity_targets(train)).any():
+        raise ConfigError(f"--severity-weight {cfg.severity_weight} regresses each requisite's severity, but the "
+                          f"training data ({train.root}) has no usable severities.csv (the continuous severity "
+                          "behind each label, with thresholds in meta.json or labels on both sides). Fix: drop "
+                          "--severity-weight (or set it to 0), or add severities.csv (see data/README.md).")
+
+
 def make_pipelines(cfg: TrainConfig, splits) -> dict:
     from .data import ImagePipeline
+    from .losses import severity_targets
 
     size = cfg.model_config().resolved_size()
     common = dict(image_size=size, batch_size=cfg.batch_size, cache=cfg.cache, interpolation=cfg.interpolation,
                   seed=cfg.seed)
-    return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), **common),
+    graded = severity_targets(splits.train) if cfg.severity_weight else None
+    return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), severity_targets=graded, **common),
             "val": ImagePipeline(splits.val, **common), "test": ImagePipeline(splits.test, **common)}
 
 
@@ -197,9 +213,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     """
     import keras
 
-    from .architectures import build_model
+    from .architectures import build_model, task_outputs, with_severity_outputs
     from .backbones import set_backbone_trainable
-    from .losses import MaskedMultiTaskLoss
+    from .losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
     from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
                            standard_phases)
 
@@ -223,6 +239,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     policy = set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     ds, splits = prepare_data(cfg, verbose=verbose)
+    check_severities(cfg, splits)
     pipes = make_pipelines(cfg, splits)
     if chief:
         start_run_dir(run_dir, cfg.to_dict(), splits, policy=policy)
@@ -240,6 +257,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             sub = run_dir / "models" / name if name else run_dir
             with strategy.scope():
                 model = build_model(cfg.model_config(), model_tasks, ds.groups)
+                if cfg.severity_weight:
+                    model = with_severity_outputs(model, model_tasks)
             if cfg.frozen_backbone():
                 set_backbone_trainable(model, model_tasks, "frozen")
             if cfg.finetune_epochs:
@@ -247,7 +266,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             else:
                 phases = standard_phases(cfg.epochs)
             weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
-            engine = Engine(model, model_tasks, optimizer=opt, loss=MaskedMultiTaskLoss(model_tasks, weight),
+            if cfg.severity_weight:
+                loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight)
+            else:
+                loss = MaskedMultiTaskLoss(model_tasks, weight)
+            engine = Engine(model, model_tasks, optimizer=opt, loss=loss,
                             run_dir=sub, strategy=strategy, monitor=cfg.monitor, patience=cfg.patience, verbose=verbose,
                             eer_method=cfg.eer_method, seed=cfg.seed)
             if verbose and name:
@@ -257,7 +280,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                                                         resume=resume)
             if engine.collapse is not None:
                 collapses[name or cfg.approach] = engine.collapse
-            models[name or "model"] = model
+            models[name or "model"] = task_outputs(model, model_tasks)  # the severity outputs only train
     except (NonFiniteLossError, CollapsedModelError) as exc:
         if chief:
             write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__)
@@ -280,9 +303,21 @@ class _TaskView:
         self.steps = pipe.steps
 
     def _select(self, ds):
+        import tensorflow as tf
+
+        from .data import SEVERITY_KEY
+
         if set(self.tasks) == set(self.pipe.tasks):
             return ds
-        return ds.map(lambda x, y: (x, {t: y[t] for t in self.tasks}))
+        columns = [self.pipe.tasks.index(t) for t in self.tasks]
+
+        def select(x, y):
+            kept = {t: y[t] for t in self.tasks}
+            if SEVERITY_KEY in y:
+                kept[SEVERITY_KEY] = tf.gather(y[SEVERITY_KEY], columns, axis=1)
+            return x, kept
+
+        return ds.map(select)
 
     def train(self, epoch):
         return self._select(self.pipe.train(epoch))

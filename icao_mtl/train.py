@@ -1,7 +1,7 @@
 """``python -m icao_mtl.train``: train a model and write a run directory.
 
 With no argument: renders the synthetic set into ``data/`` if it is missing, trains the default model
-(Handcrafted 2 heads on the small CNN, from scratch, 128 px), evaluates it on the test split, prints
+(the regions approach on the small CNN, from scratch, 224 px), evaluates it on the test split, prints
 the per-requisite EER table and writes ``runs/<approach>_<backbone>_<hash>_<time>/``.
 
 Examples::
@@ -26,26 +26,31 @@ from .errors import IcaoMtlError, command
 _FLAGS = {
     "data": str, "mapping": str, "approach": str, "backbone": str, "weights": str, "img_size": int, "alpha": float,
     "dropout": float, "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "lr_schedule": str,
-    "loss_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
+    "loss_weight": float, "severity_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
+    "keypoints": int,
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
     "extra_train": "a second dataset (directory or lfw_framed) whose train split is added to the training "
                    "split: its tasks must be among --data's, the others count as not applicable; validation "
                    "and test stay --data's",
+    "keypoints": "regions: K learnt keypoints (soft arg-max coordinates) on the whole-image and the eye-band "
+                 "maps (default 0: none)",
     "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
-    "approach": f"one of {', '.join(APPROACHES)} (default hc2)",
+    "approach": f"one of {', '.join(APPROACHES)} (default regions)",
     "backbone": "small_cnn (default), vgg16, vgg19, mobilenet_v2, inception_v3, resnet50_v2",
     "weights": "imagenet, none (default) or a weights file",
-    "img_size": "input side in pixels (default: the backbone's, 128 for small_cnn)",
+    "img_size": "input side in pixels (default: 224 for regions, else the backbone's: 128 for small_cnn)",
     "alpha": "MobileNetV2 width multiplier",
     "dropout": "dropout of Handcrafted 1 (default 0.3)",
     "epochs": "training epochs (the paper: 10, 50 or 200)",
     "lr_schedule": "constant, reference (the paper code's Adam decay) or cosine",
     "loss_weight": "weight of every task's loss (the reference code: 0.1)",
+    "severity_weight": "weight of a regression of every requisite's severity beside its label, from the "
+                       "same hidden layer (needs the dataset's severities.csv, as the synthetic set has; 0: off)",
     "augment": "augmentation preset: reference (default), paper, no_rotation, none",
     "shift": "width and height shift fraction", "rotation": "rotation range in degrees",
     "finetune_epochs": "Experiment III: epochs with the backbone unfrozen before --epochs with it frozen",

@@ -82,3 +82,35 @@ def test_the_default_run_is_regions_with_milder_shifts_unless_told_otherwise():
     told = TrainConfig(shift=0.1, zoom=0.0).augment_config()  # given values win
     assert (told.width_shift, told.zoom) == (0.1, 0.0)
     assert TrainConfig(augment="none").augment_config().is_identity  # another preset: as it says
+
+
+def test_soft_argmax_finds_a_peak_to_a_fraction_of_a_cell_and_follows_it():
+    from icao_mtl.architectures import SpatialSoftArgmax
+
+    layer = SpatialSoftArgmax()
+    peak = np.full((1, 5, 9, 2), -40.0, np.float32)
+    peak[0, 2, 5, 0] = 40.0  # channel 0: one cell; cell centres at -1 + 2 j / (n - 1)
+    peak[0, 1, 2, 1] = peak[0, 1, 3, 1] = 40.0  # channel 1: two equal cells -> the midpoint between them
+    xy = np.asarray(layer(peak))[0]
+    np.testing.assert_allclose(xy, [0.25, -1 + 2.5 * 2 / 8, 0.0, -0.5], atol=1e-5)  # x_0, x_1, y_0, y_1
+    # a blob moved by a third of a cell moves the keypoint by about a third of a cell, not by 0 or 1
+    grid = np.arange(9, dtype=np.float32)
+
+    def blob(centre):
+        return np.broadcast_to(-((grid - centre) ** 2)[None, None, :, None], (1, 5, 9, 1)).copy()
+
+    single = SpatialSoftArgmax()  # a layer is built for one map shape
+    dx = float(np.asarray(single(blob(4 + 1 / 3)))[0, 0] - np.asarray(single(blob(4.0)))[0, 0])
+    assert dx == pytest.approx(2 / 8 / 3, rel=0.05)
+
+
+def test_regions_with_keypoints_builds_saves_and_loads(tmp_path):
+    import icao_mtl
+
+    m = build_model(ModelConfig("regions", "small_cnn", "none", extra={"keypoints": 4}), ("rotation",), GROUPS)
+    assert tuple(m.get_layer("head_eyes_keypoint_maps").output.shape[1:]) == (27, 52, 4)
+    assert tuple(m.get_layer("head_global_keypoints").output.shape[1:]) == (8,)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    m.save(tmp_path / "k.keras")
+    again = icao_mtl.load_model(tmp_path / "k.keras")
+    np.testing.assert_allclose(np.asarray(again(x)["rotation"]), np.asarray(m(x)["rotation"]), atol=1e-6)

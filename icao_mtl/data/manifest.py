@@ -6,7 +6,10 @@ Layout (the same for the synthetic set and for a user's own data)::
       images/000000.png ...   any of .png .jpg .jpeg .bmp .gif, any size, colour or grey
       labels.csv              image,<task ids...>; 1 compliant, 0 non-compliant, -1 not applicable
                               optional column "split" with train / val / test
-      meta.json               optional: {"tasks": [...], "groups": {...}} for non-ICAO task sets
+      meta.json               optional: {"tasks": [...], "groups": {...}} for non-ICAO task sets,
+                              {"thresholds": {task: t}} for severities.csv
+      severities.csv          optional: image,<task ids...>; the continuous severity behind each label
+                              (non-compliant when above the task's threshold; empty: unknown)
 
 Image names in ``labels.csv`` are looked up in ``images/`` first, then relative to ``DATASET/``.
 Every problem is reported before any training starts, with the file, row and column concerned and
@@ -125,6 +128,8 @@ class LabeledDataset:
         split: array of shape (n,) with "train" / "val" / "test", or None when the CSV has no split.
         report: the :class:`ReadReport`.
         meta: the dataset's meta.json (empty dict if none).
+        severities: float32 array of shape (n, n_tasks), the continuous severity behind each label
+            (``severities.csv``; NaN where unknown), or None when the dataset has none.
     """
 
     root: Path
@@ -136,6 +141,7 @@ class LabeledDataset:
     split: np.ndarray | None = None
     report: ReadReport | None = None
     meta: dict = field(default_factory=dict)
+    severities: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -148,7 +154,30 @@ class LabeledDataset:
         return LabeledDataset(root=self.root, names=[self.names[i] for i in index],
                               paths=[self.paths[i] for i in index], labels=self.labels[index], tasks=self.tasks,
                               groups=self.groups, split=None if self.split is None else self.split[index],
-                              report=self.report, meta=self.meta)
+                              report=self.report, meta=self.meta,
+                              severities=None if self.severities is None else self.severities[index])
+
+    def thresholds(self) -> np.ndarray:
+        """The severity above which each task is non-compliant, shape (n_tasks,): ``meta.json``'s
+        ``thresholds`` where given, else the midpoint between the highest severity of a compliant
+        image and the lowest of a non-compliant one (NaN for a task with no severity of either class).
+
+        Raises:
+            ValueError: the dataset has no severities.
+        """
+        if self.severities is None:
+            raise ValueError(f"{self.root} has no severities.csv.")
+        given = self.meta.get("thresholds") or {}
+        out = np.full(len(self.tasks), np.nan, np.float32)
+        for j, t in enumerate(self.tasks):
+            if t in given:
+                out[j] = float(given[t])
+                continue
+            s, y = self.severities[:, j], self.labels[:, j]
+            ok, bad = s[(y == 1) & np.isfinite(s)], s[(y == 0) & np.isfinite(s)]
+            if len(ok) and len(bad):
+                out[j] = 0.5 * (ok.max() + bad.min())
+        return out
 
     def label_counts(self) -> dict[str, dict[int, int]]:
         """Per task: {1: compliant, 0: non-compliant, -1: not applicable}."""
@@ -368,8 +397,45 @@ def read_dataset(path: str | os.PathLike, *, tasks=None, mapping: ColumnMapping 
         raise DatasetError(f"{csv_path}: every row was refused ({report.summary()}). Fix: check the column "
                            "mapping's values.")
     ds = LabeledDataset(root=root, names=names, paths=paths, labels=labels, tasks=tasks, groups=groups,
-                        split=split, report=report, meta=meta)
+                        split=split, report=report, meta=meta, severities=_read_severities(root, names, tasks))
     return ds.subset(idx) if report.rows_kept < len(names) else ds
+
+
+def _read_severities(root: Path, names: list, tasks) -> np.ndarray | None:
+    """``severities.csv`` as a float32 (len(names), len(tasks)) array in the order of ``names`` (NaN
+    where a row, a column or a value is missing), or None when the file does not exist.
+
+    Raises:
+        DatasetError: the file is not a CSV with an image column, or holds values that are not numbers.
+    """
+    path = root / "severities.csv"
+    if not path.is_file():
+        return None
+    table = _read_csv(path)
+    if "image" not in table.columns:
+        raise DatasetError(f"{path} has no 'image' column (columns: {list(table.columns)[:6]}). Fix: name the "
+                           "first column 'image', as in labels.csv, or delete the file (severities are optional).")
+    row_of = {n.strip(): i for i, n in enumerate(table["image"].tolist())}
+    out = np.full((len(names), len(tasks)), np.nan, np.float32)
+    where = np.array([row_of.get(n, -1) for n in names])
+    found = where >= 0
+    bad = []
+    for j, t in enumerate(tasks):
+        if t not in table.columns:
+            continue
+        col = table[t].tolist()
+        for i in np.flatnonzero(found):
+            raw = col[where[i]].strip()
+            if not raw:
+                continue
+            try:
+                out[i, j] = float(raw)
+            except ValueError:
+                bad.append(f"row {where[i] + 2} (image {names[i]!r}), column {t!r}: {raw!r}")
+    if bad:
+        raise _fail(f"{path}: {len(bad)} severity value(s) that are not numbers:", bad,
+                    "write a number or leave the cell empty (unknown), or delete the file (severities are optional).")
+    return out
 
 
 def _resolve_image(root: Path, name: str) -> str:

@@ -8,7 +8,8 @@ run was interrupted and resumed before it. Validation and test pipelines never a
 
 Elements are ``(images, labels)``: ``images`` float32 of shape (batch, H, W, 3) with values in
 [0, 255] (backbone preprocessing lives inside the models, or in the optional ``preprocess`` hook),
-``labels`` a dict task id -> int32 of shape (batch,) with values in {1, 0, -1}.
+``labels`` a dict task id -> int32 of shape (batch,) with values in {1, 0, -1}; a pipeline given
+``severity_targets`` adds :data:`SEVERITY_KEY` -> float32 (batch, n_tasks) (NaN: unknown).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .manifest import LabeledDataset
+
+#: The labels' key of the graded (severity) targets, beside the task ids; never a task id.
+SEVERITY_KEY = "_severity"
 
 
 @dataclass(frozen=True)
@@ -140,11 +144,14 @@ class ImagePipeline:
             reference code's choice).
         seed: seed of shuffling and augmentation.
         num_parallel_calls: parallelism of decoding (default: tf.data.AUTOTUNE).
+        severity_targets: optional float array of shape (n, n_tasks), a graded target per row and task
+            (e.g. :func:`icao_mtl.losses.severity_targets`; NaN where unknown), served under
+            :data:`SEVERITY_KEY` with the labels.
     """
 
     def __init__(self, ds: LabeledDataset, image_size: int, batch_size: int = 32, *,
                  augment: AugmentConfig | None = None, preprocess=None, cache=True,
-                 interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None):
+                 interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None, severity_targets=None):
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer of at least 8 pixels. Received: {image_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -162,6 +169,12 @@ class ImagePipeline:
         self.interpolation = interpolation
         self.seed = int(seed)
         self.num_parallel_calls = num_parallel_calls
+        if severity_targets is not None:
+            severity_targets = np.asarray(severity_targets, np.float32)
+            if severity_targets.shape != (len(ds), len(ds.tasks)):
+                raise ValueError(f"severity_targets must have shape {(len(ds), len(ds.tasks))} (rows, tasks). "
+                                 f"Received: {severity_targets.shape}")
+        self.severity_targets = severity_targets
         self._base = None
 
     def __len__(self) -> int:
@@ -211,11 +224,15 @@ class ImagePipeline:
         import tensorflow as tf
 
         table = tf.constant(self.ds.labels.astype(np.int32))
+        graded = None if self.severity_targets is None else tf.constant(self.severity_targets)
         tasks = self.ds.tasks
 
         def attach(idx, images):
             rows = tf.gather(table, idx)
-            return images, {t: rows[:, j] for j, t in enumerate(tasks)}
+            labels = {t: rows[:, j] for j, t in enumerate(tasks)}
+            if graded is not None:
+                labels[SEVERITY_KEY] = tf.gather(graded, idx)
+            return images, labels
 
         return ds.map(attach, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -227,8 +227,15 @@ def append_rows(base: LabeledDataset, other: LabeledDataset) -> LabeledDataset:
     for j, t in enumerate(other.tasks):
         labels[:, base.tasks.index(t)] = other.labels[:, j]
     prefix = other.root.name
+    severities = None
+    if base.severities is not None:  # the other set's severities where it has them, NaN (unknown) elsewhere
+        severities = np.full((len(other), len(base.tasks)), np.nan, np.float32)
+        for j, t in enumerate(other.tasks):
+            if other.severities is not None:
+                severities[:, base.tasks.index(t)] = other.severities[:, j]
+        severities = np.concatenate([base.severities, severities])
     return LabeledDataset(root=base.root, names=[*base.names, *(f"{prefix}/{n}" for n in other.names)],
                           paths=[*base.paths, *other.paths], labels=np.concatenate([base.labels, labels]),
                           tasks=base.tasks, groups=base.groups,
                           split=None if base.split is None else np.concatenate([base.split, ["train"] * len(other)]),
-                          report=base.report, meta=base.meta)
+                          report=base.report, meta=base.meta, severities=severities)
