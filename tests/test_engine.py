@@ -616,3 +616,18 @@ def test_a_reused_optimiser_starts_each_fit_fresh_without_retracing():
     _engine(fresh).fit([Phase("train", 2)], {"train": Source(x, y)})
     for a, b in zip(_weights(fresh), _weights(model)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_engine_iterates_its_data_without_tf_data_autotuning():
+    """Deleting an iterator waits for the autotuning thread's next wake-up (seconds on a busy CPU, at the
+    end of every epoch): every dataset the engine reads, training and evaluation, has autotuning off,
+    whatever its source, and still gives the same batches."""
+    from icao_mtl.training import _dataset
+
+    x, y = _data()
+    source = Source(x, y)
+    for ds in (_dataset(source, 3, True), _dataset(source, 0, False), _dataset(source.train, 1, True),
+               _dataset(source.train(2), 2, True)):
+        assert ds.options().autotune.enabled is False
+    got = np.concatenate([b.numpy() for b, _ in _dataset(source, 3, True)])
+    np.testing.assert_array_equal(got, np.concatenate([b.numpy() for b, _ in source.train(3)]))
