@@ -289,10 +289,9 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
       flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
       roll and yaw move by a few pixels;
-    - with ``extra["keypoints"]`` K > 0, K learnt keypoints (a 1x1 convolution to K maps, then
-      :class:`SpatialSoftArgmax`) on the whole-image map, and K on each half of the eye band's
-      27 x 52 map (at 224 px: one eye per half), their coordinates to a fraction of a cell (pose,
-      gaze, where the rims sit).
+    - with ``extra["keypoints"]`` K > 0, K learnt keypoints in each branch (a 1x1 convolution to K
+      maps, then :class:`SpatialSoftArgmax`): on the whole-image map and on the eye band's 27 x 52
+      map (at 224 px), their coordinates to a fraction of a cell (pose, gaze, where the rims sit).
 
     Every requisite has its own D(64) -> D(2) on the concatenation, as in Handcrafted 2. Photos
     must be framed as the training portraits are (``check`` aligns real photos on the eyes). The eye
@@ -326,14 +325,9 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
              keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}eyes_gmp")(e)]
     keypoints = int(cfg.extra.get("keypoints", 0))
     if keypoints:
-        maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}global_keypoint_maps")(fmap)
-        parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}global_keypoints")(maps))
-        # one soft arg-max per half of the eye band: a map's peak is one eye's, not the mean of both
-        maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}eyes_keypoint_maps")(eye_fine)
-        width = int(maps.shape[2])
-        for side, crop in (("left", (0, width - width // 2)), ("right", (width // 2, 0))):
-            half = keras.layers.Cropping2D(((0, 0), crop), name=f"{HEAD_PREFIX}eyes_{side}_half")(maps)
-            parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}eyes_{side}_keypoints")(half))
+        for where, fmap_k in (("global", fmap), ("eyes", eye_fine)):
+            maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps")(fmap_k)
+            parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints")(maps))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)

@@ -109,8 +109,6 @@ def test_regions_with_keypoints_builds_saves_and_loads(tmp_path):
 
     m = build_model(ModelConfig("regions", "small_cnn", "none", extra={"keypoints": 4}), ("rotation",), GROUPS)
     assert tuple(m.get_layer("head_eyes_keypoint_maps").output.shape[1:]) == (27, 52, 4)
-    assert tuple(m.get_layer("head_eyes_left_half").output.shape[1:]) == (27, 26, 4)  # one eye per half
-    assert tuple(m.get_layer("head_eyes_right_half").output.shape[1:]) == (27, 26, 4)
     assert tuple(m.get_layer("head_global_keypoints").output.shape[1:]) == (8,)
     x = np.random.default_rng(1).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
     m.save(tmp_path / "k.keras")
