@@ -204,6 +204,11 @@ class Pass:
             of per step, for small models whose steps take about a millisecond. Only for a pass of
             one step kind on a stream that is not continuing, without per-step schedules or batch
             callbacks, on one replica; the progress bar and the logs advance per call.
+        jit_compile: compile each step (forward, losses, backward, the optimisers' updates) with XLA.
+            For small models whose step is many small operations: XLA fuses them (the branch-depth
+            search's population head: 4.2-5.0 ms a step without, 1.9-2.2 ms with, on 2 CPU cores),
+            where a convolutional network's CPU step got slower. One replica only; results agree
+            with the uncompiled step to float rounding, not bit for bit.
     """
 
     data: str = "train"
@@ -215,6 +220,7 @@ class Pass:
     max_steps: int | None = None
     steps: Sequence[Step] = ()
     steps_per_call: int = 1
+    jit_compile: bool = False
 
     def __post_init__(self):
         if not self.steps:
@@ -783,12 +789,12 @@ class Engine:
             loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
         return loss, logs
 
-    def _compile(self, step: Step, many: bool = False):
+    def _compile(self, step: Step, many: bool = False, jit: bool = False):
         """One tf.function per step kind and phase: ``fn(iterator) -> packed logs`` (one transfer); with
         ``many``, ``fn(iterator, limit)`` runs up to ``limit`` steps in a graph loop and returns their
-        summed logs, the number of steps made last."""
+        summed logs, the number of steps made last; with ``jit``, the step itself is compiled by XLA."""
         groups = tuple(step.groups)
-        key = (id(step), self.phase.name, tuple(id(self.optimizers[g]) for g in groups), many)
+        key = (id(step), self.phase.name, tuple(id(self.optimizers[g]) for g in groups), many, jit)
         cached = self._compiled.get(key)
         if cached is not None and cached[2] is step:
             return cached[:2]
@@ -831,6 +837,9 @@ class Engine:
             # (a seed generator, a noise counter, a batch-norm average) may run without data.
             with tf.control_dependencies(tf.nest.flatten((x, y))):
                 return step_body(x, y, ctx_values, was_halted)
+
+        if jit:  # the iterator stays outside: XLA compiles the step, the graph loop feeds it
+            body = tf.function(body, jit_compile=True, reduce_retracing=True)
 
         def step_body(x, y, ctx_values, was_halted):
             ctx = StepContext(training, phase_name, ctx_values[0], ctx_values[1], ctx_values[2], ctx_values[3],
@@ -1084,6 +1093,10 @@ class Engine:
                     if why:
                         raise ConfigError(f"A pass of phase {p.name!r} asks for steps_per_call={k}, but {why}. Fix: "
                                           "steps_per_call=1 for that pass.")
+                if ps.jit_compile and self.strategy.num_replicas_in_sync > 1:
+                    raise ConfigError(f"A pass of phase {p.name!r} asks for jit_compile, but the strategy has "
+                                      f"{self.strategy.num_replicas_in_sync} replicas. Fix: jit_compile=False for "
+                                      "that pass, or train on one device.")
                 if ps.max_steps is None and all(s.continuing for s in ps.steps):
                     raise ConfigError(f"A pass of phase {p.name!r} has only continuing streams and no max_steps: it "
                                       "would never end. Fix: give max_steps, or make one stream restart with the pass.")
@@ -1198,7 +1211,7 @@ class Engine:
         if pas.steps_per_call > 1:
             self._run_pass_calls(phase, pas, data, sums, first_label, iterators, total, bar)
             return
-        compiled = [self._compile(s) for s in pas.steps]
+        compiled = [self._compile(s, jit=pas.jit_compile) for s in pas.steps]
         per_step = [s for s in phase.schedules if s.per_step]
         pending: list = []
         done = 0  # steps of this pass
@@ -1241,7 +1254,7 @@ class Engine:
     def _run_pass_calls(self, phase, pas, data, sums, first_label, iterators, total, bar) -> None:
         """A pass of one step kind, ``steps_per_call`` steps per traced call."""
         step = pas.steps[0]
-        fn, layout = self._compile(step, many=True)
+        fn, layout = self._compile(step, many=True, jit=pas.jit_compile)
         iterator = iterators[step.data]
         length = _steps(data[step.data])
         limit = pas.steps_per_call

@@ -631,3 +631,19 @@ def test_the_engine_iterates_its_data_without_tf_data_autotuning():
         assert ds.options().autotune.enabled is False
     got = np.concatenate([b.numpy() for b, _ in _dataset(source, 3, True)])
     np.testing.assert_array_equal(got, np.concatenate([b.numpy() for b, _ in source.train(3)]))
+
+
+def test_a_pass_compiled_by_xla_trains_as_the_plain_one():
+    x, y = _data()
+    results = []
+    for jit in (False, True):
+        model = _model()
+        engine = _engine(model)
+        engine.fit([Phase("train", 2, passes=[Pass(jit_compile=jit)])], {"train": Source(x, y)})
+        many = _engine(_model())  # and in a graph loop of several steps per call
+        many.fit([Phase("train", 2, passes=[Pass(steps_per_call=3, jit_compile=jit)])], {"train": Source(x, y)})
+        results.append((_weights(model), _weights(many.model), engine.history[-1]["loss"]))
+    for plain, compiled in zip(results[0][:2], results[1][:2]):
+        for a, b in zip(plain, compiled):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-5)
