@@ -385,6 +385,34 @@ def with_severity_outputs(model: keras.Model, tasks) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+#: The task whose head the pose regression shares (:func:`with_pose_outputs`).
+POSE_ANCHOR = "rotation"
+
+
+def with_pose_outputs(model: keras.Model) -> keras.Model:
+    """``model`` with one more output, :data:`~icao_mtl.data.POSE_KEY` -> (batch, 3): the head's roll,
+    yaw and pitch in units of 10 degrees, by a linear D(3) on the last hidden layer of the
+    :data:`POSE_ANCHOR` (``rotation``) head, for :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s pose
+    term. The label says only whether the largest angle exceeds 8 degrees; the signed angles give that
+    hidden layer a target linear in what the image shows (the eyes' height difference, the features'
+    shift across the face). The new layer is a head layer (``head_pose``); the model's other outputs
+    (tasks, severities) are kept. :func:`task_outputs` gives back the model without it.
+
+    Raises:
+        ConfigError: the model has no ``rotation`` output.
+    """
+    from .data.pipeline import POSE_KEY
+
+    if POSE_ANCHOR not in model.output_names:
+        raise ConfigError(f"The pose regression shares the {POSE_ANCHOR!r} head, which this model does not have "
+                          f"(outputs: {model.output_names}). Fix: train {POSE_ANCHOR!r} among the tasks, or drop "
+                          "--pose-weight.")
+    outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
+    outputs[POSE_KEY] = keras.layers.Dense(3, name=f"{HEAD_PREFIX}pose", dtype="float32")(
+        model.get_layer(POSE_ANCHOR).input)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
 def task_outputs(model: keras.Model, tasks) -> keras.Model:
     """The model restricted to the tasks' outputs (sharing its layers and weights): the inference model of
     one trained with :func:`with_severity_outputs`; ``model`` itself when it has no other output."""

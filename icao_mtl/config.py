@@ -78,6 +78,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     loss_weight: float = 0.1
     severity_weight: float = 0.0  # > 0: also regress each requisite's severity (datasets with severities.csv)
+    pose_weight: float = 0.0  # > 0: also regress the head's roll, yaw and pitch (datasets with pose.csv)
     augment: str = "reference"
     flip: bool | None = None
     rotation: float | None = None
@@ -203,6 +204,9 @@ class TrainConfig:
         if not isinstance(self.severity_weight, (int, float)) or not self.severity_weight >= 0:
             raise ConfigError(f"severity_weight must be a number >= 0 (0: no severity regression). Received: "
                               f"{self.severity_weight!r}.")
+        if not isinstance(self.pose_weight, (int, float)) or not self.pose_weight >= 0:
+            raise ConfigError(f"pose_weight must be a number >= 0 (0: no pose regression). Received: "
+                              f"{self.pose_weight!r}.")
         if self.approach == "nas":
             if not self.nas_config or not all(isinstance(n, int) and n >= 1 for n in self.nas_config):
                 raise ConfigError(f"--nas-config must be positive integers, one per task group, e.g. 2,1,3,2. "

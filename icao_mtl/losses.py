@@ -76,51 +76,75 @@ class MaskedMultiTaskLoss:
         return loss, {"ce": ce_sum, "n": n, "correct": correct}
 
 
+def _masked_huber(pred, target, delta: float):
+    """Huber loss of ``pred`` against ``target`` (both (batch, k)), averaged per column over the known
+    (finite) targets of the global batch and summed over the k columns."""
+    target = tf.cast(target, tf.float32)
+    known = tf.math.is_finite(target)
+    mask = tf.cast(known, tf.float32)
+    err = tf.abs(tf.cast(pred, tf.float32) - tf.where(known, target, 0.0))
+    quad = tf.minimum(err, delta)
+    huber = 0.5 * quad * quad + delta * (err - quad)
+    return tf.reduce_sum(tf.reduce_sum(huber * mask, axis=0) / tf.maximum(_global_sum(tf.reduce_sum(mask, axis=0)),
+                                                                           1.0))
+
+
 class GradedMultiTaskLoss(MaskedMultiTaskLoss):
-    """:class:`MaskedMultiTaskLoss` plus a regression of each task's graded severity.
+    """:class:`MaskedMultiTaskLoss` plus regressions of graded targets: each task's severity, the head's pose.
 
     A label says on which side of its threshold an image's defect lies; the severity says how far.
     Where a dataset knows it (the synthetic set's ``severities.csv``), regressing it from the same
     hidden layer as the label's head gives every image a target that varies within each class: an
-    image with a 3° head roll and one with 7° are both compliant, but no longer the same target.
+    image with a 3° head roll and one with 7° are both compliant, but no longer the same target. The
+    pose (``pose.csv``: roll, yaw, pitch in degrees) goes further for ``rotation``, whose label is a
+    threshold on the largest of three signed angles: each angle is a target of its own.
 
     The model's outputs hold, beside the tasks' probabilities, :data:`~icao_mtl.data.SEVERITY_KEY` ->
-    (batch, tasks) predictions (:func:`icao_mtl.architectures.with_severity_outputs`); the labels
-    hold the same key -> (batch, tasks) targets (:func:`severity_targets`; NaN: unknown, no loss).
-    The severity term is the Huber loss per task, averaged over the batch's known targets (global
-    batch under ``tf.distribute``) and summed over tasks, as the cross-entropies are.
+    (batch, tasks) predictions (:func:`icao_mtl.architectures.with_severity_outputs`) and/or
+    :data:`~icao_mtl.data.POSE_KEY` -> (batch, 3) in units of ``pose_scale`` degrees
+    (:func:`~icao_mtl.architectures.with_pose_outputs`); the labels hold the same keys with the targets
+    (:func:`severity_targets`; the pose in degrees; NaN: unknown, no loss). Each term is the Huber loss
+    per column, averaged over the batch's known targets (global batch under ``tf.distribute``) and
+    summed over columns, as the cross-entropies are.
 
     Args:
         tasks, weights: as :class:`MaskedMultiTaskLoss`.
         severity_weight: factor of the severity term in the optimised loss.
-        delta: the Huber loss's delta, in units of the targets (standard deviations).
+        delta: the Huber loss's delta, in units of the targets (standard deviations; ``pose_scale``).
+        pose_weight: factor of the pose term (0: none).
+        pose_scale: degrees per unit of the pose output (10: the 8-degree threshold is 0.8).
 
-    Returns, from a call: ``(ce + severity_weight * severity, logs)``; ``logs["loss"]`` is the
-    classification loss alone (what the progress line, history and ``val_loss`` compare) and
-    ``logs["severity_loss"]`` the severity term. Without severity targets in the labels (validation)
-    it is the classification loss.
+    Returns, from a call: ``(ce + severity_weight * severity + pose_weight * pose, logs)``;
+    ``logs["loss"]`` is the classification loss alone (what the progress line, history and
+    ``val_loss`` compare), ``logs["severity_loss"]`` and ``logs["pose_loss"]`` the terms present.
+    Without graded targets in the labels (validation) it is the classification loss.
     """
 
-    def __init__(self, tasks, weights: float | dict = 1.0, severity_weight: float = 1.0, delta: float = 1.0):
+    def __init__(self, tasks, weights: float | dict = 1.0, severity_weight: float = 1.0, delta: float = 1.0,
+                 pose_weight: float = 0.0, pose_scale: float = 10.0):
         super().__init__(tasks, weights)
         self.severity_weight = float(severity_weight)
         self.delta = float(delta)
+        self.pose_weight = float(pose_weight)
+        self.pose_scale = float(pose_scale)
 
     def __call__(self, labels: dict, outputs: dict):
-        from .data.pipeline import SEVERITY_KEY
+        from .data.pipeline import POSE_KEY, SEVERITY_KEY
 
         loss, logs = super().__call__(labels, outputs)
-        if SEVERITY_KEY not in labels or SEVERITY_KEY not in outputs:
+        total = loss
+        if SEVERITY_KEY in labels and SEVERITY_KEY in outputs:
+            severity = _masked_huber(outputs[SEVERITY_KEY], labels[SEVERITY_KEY], self.delta)
+            total += self.severity_weight * severity
+            logs = {**logs, "severity_loss": severity}
+        if self.pose_weight and POSE_KEY in labels and POSE_KEY in outputs:
+            pose = _masked_huber(outputs[POSE_KEY], tf.cast(labels[POSE_KEY], tf.float32) / self.pose_scale,
+                                 self.delta)
+            total += self.pose_weight * pose
+            logs = {**logs, "pose_loss": pose}
+        if total is loss:
             return loss, logs
-        target = tf.cast(labels[SEVERITY_KEY], tf.float32)
-        known = tf.math.is_finite(target)
-        mask = tf.cast(known, tf.float32)
-        err = tf.abs(tf.cast(outputs[SEVERITY_KEY], tf.float32) - tf.where(known, target, 0.0))
-        quad = tf.minimum(err, self.delta)
-        huber = 0.5 * quad * quad + self.delta * (err - quad)
-        per_task = tf.reduce_sum(huber * mask, axis=0) / tf.maximum(_global_sum(tf.reduce_sum(mask, axis=0)), 1.0)
-        severity = tf.reduce_sum(per_task)
-        return loss + self.severity_weight * severity, {**logs, "loss": loss, "severity_loss": severity}
+        return total, {**logs, "loss": loss}
 
 
 def severity_targets(ds, reference=None, clip: float = 4.0):

@@ -77,6 +77,25 @@ def check_severities(cfg: TrainConfig, splits) -> None:
                           "--severity-weight (or set it to 0), or add severities.csv (see data/README.md).")
 
 
+def check_pose(cfg: TrainConfig, splits) -> None:
+    """Refuse ``--pose-weight`` without the ``rotation`` task or on a training split without a known
+    pose, before any training."""
+    if not cfg.pose_weight:
+        return
+    from .architectures import POSE_ANCHOR
+
+    train = splits.train
+    if POSE_ANCHOR not in train.tasks:
+        raise ConfigError(f"--pose-weight {cfg.pose_weight} regresses the head's pose from the {POSE_ANCHOR!r} "
+                          f"head, but {POSE_ANCHOR!r} is not among the tasks ({', '.join(train.tasks)}). Fix: add "
+                          f"{POSE_ANCHOR} to --tasks, or drop --pose-weight.")
+    if train.pose is None or not np.isfinite(train.pose).any():
+        raise ConfigError(f"--pose-weight {cfg.pose_weight} regresses the head's roll, yaw and pitch, but the "
+                          f"training data ({train.root}) has no pose.csv (image,roll,yaw,pitch in degrees). Fix: "
+                          "drop --pose-weight (or set it to 0); for a synthetic set, run `python -m icao_mtl.synth` "
+                          "with its --out, --n, --size and --seed again (it adds pose.csv without re-rendering).")
+
+
 def make_pipelines(cfg: TrainConfig, splits) -> dict:
     from .data import ImagePipeline
     from .losses import severity_targets
@@ -85,7 +104,9 @@ def make_pipelines(cfg: TrainConfig, splits) -> dict:
     common = dict(image_size=size, batch_size=cfg.batch_size, cache=cfg.cache, interpolation=cfg.interpolation,
                   seed=cfg.seed)
     graded = severity_targets(splits.train) if cfg.severity_weight else None
-    return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), severity_targets=graded, **common),
+    pose = splits.train.pose if cfg.pose_weight else None
+    return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), severity_targets=graded,
+                                   pose_targets=pose, **common),
             "val": ImagePipeline(splits.val, **common), "test": ImagePipeline(splits.test, **common)}
 
 
@@ -213,7 +234,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     """
     import keras
 
-    from .architectures import build_model, task_outputs, with_severity_outputs
+    from .architectures import POSE_ANCHOR, build_model, task_outputs, with_pose_outputs, with_severity_outputs
     from .backbones import set_backbone_trainable
     from .losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
     from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
@@ -240,6 +261,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     keras.utils.set_random_seed(cfg.seed)
     ds, splits = prepare_data(cfg, verbose=verbose)
     check_severities(cfg, splits)
+    check_pose(cfg, splits)
     pipes = make_pipelines(cfg, splits)
     if chief:
         start_run_dir(run_dir, cfg.to_dict(), splits, policy=policy)
@@ -259,6 +281,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                 model = build_model(cfg.model_config(), model_tasks, ds.groups)
                 if cfg.severity_weight:
                     model = with_severity_outputs(model, model_tasks)
+                if cfg.pose_weight and POSE_ANCHOR in model_tasks:  # STL: the rotation model only
+                    model = with_pose_outputs(model)
             if cfg.frozen_backbone():
                 set_backbone_trainable(model, model_tasks, "frozen")
             if cfg.finetune_epochs:
@@ -266,8 +290,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             else:
                 phases = standard_phases(cfg.epochs)
             weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
-            if cfg.severity_weight:
-                loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight)
+            if cfg.severity_weight or cfg.pose_weight:
+                loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight,
+                                           pose_weight=cfg.pose_weight)
             else:
                 loss = MaskedMultiTaskLoss(model_tasks, weight)
             engine = Engine(model, model_tasks, optimizer=opt, loss=loss,
@@ -280,7 +305,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                                                         resume=resume)
             if engine.collapse is not None:
                 collapses[name or cfg.approach] = engine.collapse
-            models[name or "model"] = task_outputs(model, model_tasks)  # the severity outputs only train
+            models[name or "model"] = task_outputs(model, model_tasks)  # the severity and pose outputs only train
     except (NonFiniteLossError, CollapsedModelError) as exc:
         if chief:
             write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__)
@@ -305,7 +330,7 @@ class _TaskView:
     def _select(self, ds):
         import tensorflow as tf
 
-        from .data import SEVERITY_KEY
+        from .data import POSE_KEY, SEVERITY_KEY
 
         if set(self.tasks) == set(self.pipe.tasks):
             return ds
@@ -315,6 +340,8 @@ class _TaskView:
             kept = {t: y[t] for t in self.tasks}
             if SEVERITY_KEY in y:
                 kept[SEVERITY_KEY] = tf.gather(y[SEVERITY_KEY], columns, axis=1)
+            if POSE_KEY in y:
+                kept[POSE_KEY] = y[POSE_KEY]
             return x, kept
 
         return ds.map(select)

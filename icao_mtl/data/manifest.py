@@ -10,6 +10,7 @@ Layout (the same for the synthetic set and for a user's own data)::
                               {"thresholds": {task: t}} for severities.csv
       severities.csv          optional: image,<task ids...>; the continuous severity behind each label
                               (non-compliant when above the task's threshold; empty: unknown)
+      pose.csv                optional: image,roll,yaw,pitch; the head's pose in degrees (empty: unknown)
 
 Image names in ``labels.csv`` are looked up in ``images/`` first, then relative to ``DATASET/``.
 Every problem is reported before any training starts, with the file, row and column concerned and
@@ -28,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+
+#: The columns of ``pose.csv``: the head's rotation in the image plane, left-right and up-down, degrees.
+POSE_AXES = ("roll", "yaw", "pitch")
 from ..requisites import GROUPS, IDS, LABEL_CODES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -130,6 +134,8 @@ class LabeledDataset:
         meta: the dataset's meta.json (empty dict if none).
         severities: float32 array of shape (n, n_tasks), the continuous severity behind each label
             (``severities.csv``; NaN where unknown), or None when the dataset has none.
+        pose: float32 array of shape (n, 3), the head's roll, yaw and pitch in degrees (``pose.csv``,
+            columns :data:`POSE_AXES`; NaN where unknown), or None when the dataset has none.
     """
 
     root: Path
@@ -142,6 +148,7 @@ class LabeledDataset:
     report: ReadReport | None = None
     meta: dict = field(default_factory=dict)
     severities: np.ndarray | None = None
+    pose: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -155,7 +162,8 @@ class LabeledDataset:
                               paths=[self.paths[i] for i in index], labels=self.labels[index], tasks=self.tasks,
                               groups=self.groups, split=None if self.split is None else self.split[index],
                               report=self.report, meta=self.meta,
-                              severities=None if self.severities is None else self.severities[index])
+                              severities=None if self.severities is None else self.severities[index],
+                              pose=None if self.pose is None else self.pose[index])
 
     def thresholds(self) -> np.ndarray:
         """The severity above which each task is non-compliant, shape (n_tasks,): ``meta.json``'s
@@ -397,33 +405,35 @@ def read_dataset(path: str | os.PathLike, *, tasks=None, mapping: ColumnMapping 
         raise DatasetError(f"{csv_path}: every row was refused ({report.summary()}). Fix: check the column "
                            "mapping's values.")
     ds = LabeledDataset(root=root, names=names, paths=paths, labels=labels, tasks=tasks, groups=groups,
-                        split=split, report=report, meta=meta, severities=_read_severities(root, names, tasks))
+                        split=split, report=report, meta=meta,
+                        severities=_read_numbers(root / "severities.csv", names, tasks, "severities"),
+                        pose=_read_numbers(root / "pose.csv", names, POSE_AXES, "pose"))
     return ds.subset(idx) if report.rows_kept < len(names) else ds
 
 
-def _read_severities(root: Path, names: list, tasks) -> np.ndarray | None:
-    """``severities.csv`` as a float32 (len(names), len(tasks)) array in the order of ``names`` (NaN
-    where a row, a column or a value is missing), or None when the file does not exist.
+def _read_numbers(path: Path, names: list, columns, what: str) -> np.ndarray | None:
+    """An optional per-image table of numbers (``severities.csv``, ``pose.csv``) as a float32
+    (len(names), len(columns)) array in the order of ``names`` (NaN where a row, a column or a value is
+    missing), or None when the file does not exist.
 
     Raises:
         DatasetError: the file is not a CSV with an image column, or holds values that are not numbers.
     """
-    path = root / "severities.csv"
     if not path.is_file():
         return None
     table = _read_csv(path)
     if "image" not in table.columns:
         raise DatasetError(f"{path} has no 'image' column (columns: {list(table.columns)[:6]}). Fix: name the "
-                           "first column 'image', as in labels.csv, or delete the file (severities are optional).")
+                           f"first column 'image', as in labels.csv, or delete the file ({what} are optional).")
     row_of = {n.strip(): i for i, n in enumerate(table["image"].tolist())}
-    out = np.full((len(names), len(tasks)), np.nan, np.float32)
+    out = np.full((len(names), len(columns)), np.nan, np.float32)
     where = np.array([row_of.get(n, -1) for n in names])
     found = where >= 0
     bad = []
-    for j, t in enumerate(tasks):
-        if t not in table.columns:
+    for j, c in enumerate(columns):
+        if c not in table.columns:
             continue
-        col = table[t].tolist()
+        col = table[c].tolist()
         for i in np.flatnonzero(found):
             raw = col[where[i]].strip()
             if not raw:
@@ -431,10 +441,10 @@ def _read_severities(root: Path, names: list, tasks) -> np.ndarray | None:
             try:
                 out[i, j] = float(raw)
             except ValueError:
-                bad.append(f"row {where[i] + 2} (image {names[i]!r}), column {t!r}: {raw!r}")
+                bad.append(f"row {where[i] + 2} (image {names[i]!r}), column {c!r}: {raw!r}")
     if bad:
-        raise _fail(f"{path}: {len(bad)} severity value(s) that are not numbers:", bad,
-                    "write a number or leave the cell empty (unknown), or delete the file (severities are optional).")
+        raise _fail(f"{path}: {len(bad)} value(s) that are not numbers:", bad,
+                    f"write a number or leave the cell empty (unknown), or delete the file ({what} are optional).")
     return out
 
 

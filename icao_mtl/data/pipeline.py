@@ -9,7 +9,10 @@ run was interrupted and resumed before it. Validation and test pipelines never a
 Elements are ``(images, labels)``: ``images`` float32 of shape (batch, H, W, 3) with values in
 [0, 255] (backbone preprocessing lives inside the models, or in the optional ``preprocess`` hook),
 ``labels`` a dict task id -> int32 of shape (batch,) with values in {1, 0, -1}; a pipeline given
-``severity_targets`` adds :data:`SEVERITY_KEY` -> float32 (batch, n_tasks) (NaN: unknown).
+``severity_targets`` adds :data:`SEVERITY_KEY` -> float32 (batch, n_tasks) (NaN: unknown), one given
+``pose_targets`` :data:`POSE_KEY` -> float32 (batch, 3), the head's roll, yaw and pitch in degrees *as
+the augmented image shows it*: a horizontal flip negates roll and yaw, a rotation by the augmentation
+turns the roll with the image.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .manifest import LabeledDataset
 
 #: The labels' key of the graded (severity) targets, beside the task ids; never a task id.
 SEVERITY_KEY = "_severity"
+#: The labels' key of the head-pose targets (roll, yaw, pitch in degrees); never a task id.
+POSE_KEY = "_pose"
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,8 @@ def augment_config(preset: str = "reference", **overrides) -> AugmentConfig:
 
 
 def _affine_params(cfg: AugmentConfig, seed, height: int, width: int):
-    """The 8 projective parameters (output pixel -> input pixel) and the brightness factor of one
-    image, from a stateless seed of shape (2,)."""
+    """The 8 projective parameters (output pixel -> input pixel), the brightness factor and the turn
+    (flip sign, rotation in degrees; shape (2,)) of one image, from a stateless seed of shape (2,)."""
     import tensorflow as tf
 
     u = tf.random.stateless_uniform([8], seed=seed, minval=-1.0, maxval=1.0)
@@ -116,7 +121,21 @@ def _affine_params(cfg: AugmentConfig, seed, height: int, width: int):
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     params = tf.stack([m00, m01, cx + tx - m00 * cx - m01 * cy,
                        m10, m11, cy + ty - m10 * cx - m11 * cy, 0.0, 0.0])
-    return params, gain
+    return params, gain, tf.stack([flip, u[1] * cfg.rotation])
+
+
+def turn_pose(pose, turn):
+    """The pose an augmented image shows: ``pose`` float32 (B, 3) roll, yaw, pitch in degrees of the
+    source images, ``turn`` (B, 2) flip sign and rotation in degrees from :func:`_affine_params`.
+
+    The warp maps an output offset ``o`` to the input offset ``R(theta) F o``, so the output shows the
+    source turned by ``-theta`` and then mirrored: roll becomes ``flip * (roll - theta)``, yaw
+    ``flip * yaw``; pitch does not change. (Zoom and shear, a few percent, distort the angles
+    slightly; they are left out.)"""
+    import tensorflow as tf
+
+    flip, theta = turn[:, 0:1], turn[:, 1:2]
+    return tf.concat([flip * (pose[:, 0:1] - theta), flip * pose[:, 1:2], pose[:, 2:3]], axis=1)
 
 
 def apply_affine(images, params, fill_mode: str = "nearest", interpolation: str = "bilinear"):
@@ -147,11 +166,15 @@ class ImagePipeline:
         severity_targets: optional float array of shape (n, n_tasks), a graded target per row and task
             (e.g. :func:`icao_mtl.losses.severity_targets`; NaN where unknown), served under
             :data:`SEVERITY_KEY` with the labels.
+        pose_targets: optional float array of shape (n, 3), the head's roll, yaw and pitch in degrees
+            per row (``LabeledDataset.pose``; NaN where unknown), served under :data:`POSE_KEY`, turned
+            as each augmented image is (:func:`turn_pose`).
     """
 
     def __init__(self, ds: LabeledDataset, image_size: int, batch_size: int = 32, *,
                  augment: AugmentConfig | None = None, preprocess=None, cache=True,
-                 interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None, severity_targets=None):
+                 interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None, severity_targets=None,
+                 pose_targets=None):
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer of at least 8 pixels. Received: {image_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -175,6 +198,12 @@ class ImagePipeline:
                 raise ValueError(f"severity_targets must have shape {(len(ds), len(ds.tasks))} (rows, tasks). "
                                  f"Received: {severity_targets.shape}")
         self.severity_targets = severity_targets
+        if pose_targets is not None:
+            pose_targets = np.asarray(pose_targets, np.float32)
+            if pose_targets.shape != (len(ds), 3):
+                raise ValueError(f"pose_targets must have shape {(len(ds), 3)} (rows, roll/yaw/pitch). Received: "
+                                 f"{pose_targets.shape}")
+        self.pose_targets = pose_targets
         self._base = None
 
     def __len__(self) -> int:
@@ -225,13 +254,16 @@ class ImagePipeline:
 
         table = tf.constant(self.ds.labels.astype(np.int32))
         graded = None if self.severity_targets is None else tf.constant(self.severity_targets)
+        pose = None if self.pose_targets is None else tf.constant(self.pose_targets)
         tasks = self.ds.tasks
 
-        def attach(idx, images):
+        def attach(idx, images, turn=None):
             rows = tf.gather(table, idx)
             labels = {t: rows[:, j] for j, t in enumerate(tasks)}
             if graded is not None:
                 labels[SEVERITY_KEY] = tf.gather(graded, idx)
+            if pose is not None:
+                labels[POSE_KEY] = tf.gather(pose, idx) if turn is None else turn_pose(tf.gather(pose, idx), turn)
             return images, labels
 
         return ds.map(attach, num_parallel_calls=tf.data.AUTOTUNE)
@@ -270,17 +302,17 @@ class ImagePipeline:
 
         if aug is not None:
             def params(idx, img):
-                p, g = _affine_params(aug, tf.stack([seed_hi, idx]), h, w)
-                return idx, img, p, g
+                p, g, turn = _affine_params(aug, tf.stack([seed_hi, idx]), h, w)
+                return idx, img, p, g, turn
 
             ds = ds.map(params, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(self.batch_size, drop_remainder=drop_remainder)
         if aug is not None:
-            def warp(idx, img, p, g):
+            def warp(idx, img, p, g, turn):
                 x = apply_affine(tf.cast(img, tf.float32), p, aug.fill_mode)
                 if aug.intensity > 0:
                     x = tf.clip_by_value(x * g[:, None, None, None], 0.0, 255.0)
-                return idx, x
+                return idx, x, turn
 
             ds = ds.map(warp, num_parallel_calls=tf.data.AUTOTUNE)
         else:

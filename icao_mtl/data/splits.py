@@ -234,8 +234,13 @@ def append_rows(base: LabeledDataset, other: LabeledDataset) -> LabeledDataset:
             if other.severities is not None:
                 severities[:, base.tasks.index(t)] = other.severities[:, j]
         severities = np.concatenate([base.severities, severities])
+    pose = None
+    if base.pose is not None:
+        other_pose = other.pose if other.pose is not None else np.full((len(other), base.pose.shape[1]), np.nan,
+                                                                         np.float32)
+        pose = np.concatenate([base.pose, other_pose])
     return LabeledDataset(root=base.root, names=[*base.names, *(f"{prefix}/{n}" for n in other.names)],
                           paths=[*base.paths, *other.paths], labels=np.concatenate([base.labels, labels]),
                           tasks=base.tasks, groups=base.groups,
                           split=None if base.split is None else np.concatenate([base.split, ["train"] * len(other)]),
-                          report=base.report, meta=base.meta, severities=severities)
+                          report=base.report, meta=base.meta, severities=severities, pose=pose)

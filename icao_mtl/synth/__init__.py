@@ -17,12 +17,13 @@ import os
 from pathlib import Path
 
 from .generate import (GENERATOR_VERSION, REGION_NAMES, REQUISITE_REGION, SynthConfig, generate, is_complete, read_regions,
-                       region_mask)
+                       region_mask, write_pose_table)
 from .portrait import Portrait, render, sample_portrait
 from .specs import SPECS, DefectSpec, markdown_table
 
 __all__ = ["GENERATOR_VERSION", "REGION_NAMES", "REQUISITE_REGION", "read_regions", "region_mask", "SPECS", "DefectSpec", "Portrait", "SynthConfig", "default_data_root",
-           "ensure_dataset", "generate", "is_complete", "markdown_table", "render", "sample_portrait"]
+           "ensure_dataset", "generate", "is_complete", "markdown_table", "render", "sample_portrait",
+           "write_pose_table"]
 
 
 def default_data_root() -> Path:
@@ -41,7 +42,7 @@ def ensure_dataset(cfg: SynthConfig = SynthConfig(), root: str | os.PathLike | N
         progress: show a progress bar while rendering.
     """
     out = Path(root or default_data_root()) / cfg.default_name()
-    if is_complete(out, cfg):
+    if is_complete(out, cfg) and (out / "pose.csv").is_file():
         return out
     # A set that an older version of this generator rendered under its default name is replaced
     # (the name is ours); anything else there is left alone and reported.

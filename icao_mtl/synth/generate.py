@@ -2,8 +2,8 @@
 
 ``DATASET/images/000000.png ...``, ``labels.csv`` (``image`` + the 23 requisite ids, values 1 / 0 / -1),
 ``severities.csv`` (the continuous severity behind each label, empty where not applicable),
-``regions.csv`` (boxes of the face regions, fractions of the image side), ``meta.json`` and
-``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
+``regions.csv`` (boxes of the face regions, fractions of the image side), ``pose.csv`` (the head's
+roll, yaw and pitch in degrees), ``meta.json`` and ``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
 the end, so an interrupted generation never leaves a half dataset where a complete one is expected.
 Image ``i`` depends only on ``(seed, i, size)``: the output is byte-identical for any number of workers.
 """
@@ -180,6 +180,8 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, worker
         raise ValueError(f"workers must be a positive integer. Received: workers={workers!r}")
     out = Path(out)
     if is_complete(out, cfg):
+        if not (out / "pose.csv").is_file():  # rendered before pose.csv existed: the images are the same
+            write_pose_table(out, cfg)
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetExistsError(
@@ -193,6 +195,7 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, worker
     try:
         rows = _render_all(tmp / "images", cfg, workers, progress)
         _write_tables(tmp, cfg, rows)
+        write_pose_table(tmp, cfg)
         if contact_sheet:
             write_contact_sheet(tmp, rows, cfg)
         if out.exists():
@@ -274,6 +277,20 @@ def _write_tables(root: Path, cfg: SynthConfig, rows: list[tuple]) -> None:
         "regions": list(REGION_NAMES),
     }
     aio.write_json(root / "meta.json", meta)
+
+
+def write_pose_table(root: str | os.PathLike, cfg: SynthConfig) -> Path:
+    """Write ``root/pose.csv``: ``image,roll,yaw,pitch``, the head's pose of every portrait in degrees
+    (roll turns the head in the image plane, clockwise as the image is seen; yaw and pitch turn it
+    left-right and up-down), as :func:`sample_portrait` draws it: no rendering, about 0.4 ms an image.
+    ``rotation``'s severity is the largest absolute angle."""
+    rows = []
+    for i in range(cfg.n):
+        look = sample_portrait(cfg.seed, i, cfg.size).look
+        rows.append([image_name(i, cfg.format), *(_fmt(look[k]) for k in ("roll", "yaw", "pitch"))])
+    path = Path(root) / "pose.csv"
+    aio.write_text(path, _csv_text(["image", "roll", "yaw", "pitch"], rows))
+    return path
 
 
 def _thumb(path: Path, side: int) -> np.ndarray:
