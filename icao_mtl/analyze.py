@@ -38,11 +38,10 @@ def split_dataset_of_run(run_dir: Path, cfg, split: str):
     mapping = data.ColumnMapping.from_json(cfg.mapping) if cfg.mapping else None
     ds = data.load(cfg.data, tasks=cfg.tasks, mapping=mapping, check_images="exists", synth_n=cfg.synth_n,
                    synth_size=cfg.synth_size, progress=False)
-    if getattr(cfg, "extra_train", None):  # its training rows are in split.csv as <its directory>/<image>
-        from .data.splits import append_rows
+    from .data.splits import append_rows
 
-        extra = data.load(cfg.extra_train, check_images="exists", progress=False)
-        ds = append_rows(ds, extra)
+    for name in cfg.extra_sets():  # their training rows are in split.csv as <its directory>/<image>
+        ds = append_rows(ds, data.load(name, check_images="exists", progress=False))
     if not (run_dir / "split.csv").is_file():
         raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
                           "directory written by python -m icao_mtl.train, nas.depth or nas.bmtas.")

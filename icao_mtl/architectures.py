@@ -272,6 +272,33 @@ class SpatialSoftArgmax(keras.layers.Layer):
         return (input_shape[0], 2 * input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="icao_mtl")
+class CoordinateChannels(keras.layers.Layer):
+    """Two channels appended to a map: each cell's x and y in [-1, 1] (CoordConv, Liu et al. 2018).
+
+    Convolutions see the same features at every position; a point that must be told from its mirror
+    image (the left eye from the right one) needs to know where it is. A 1x1 convolution after this
+    layer gives each map a learnt linear preference across the band. Input (batch, H, W, C); output
+    (batch, H, W, C + 2).
+    """
+
+    def build(self, input_shape):
+        if None in tuple(input_shape[1:3]):
+            raise ValueError(f"CoordinateChannels needs a map of known size. Received: input_shape={input_shape}")
+        self._map_shape = tuple(int(v) for v in input_shape[1:3])
+
+    def call(self, x):
+        ops = keras.ops
+        h, w = self._map_shape
+        gx = ops.tile(ops.reshape(ops.linspace(-1.0, 1.0, w), (1, w, 1)), (h, 1, 1))
+        gy = ops.tile(ops.reshape(ops.linspace(-1.0, 1.0, h), (h, 1, 1)), (1, w, 1))
+        grid = ops.cast(ops.concatenate([gx, gy], axis=-1), x.dtype)[None]  # (1, h, w, 2)
+        return ops.concatenate([x, grid * ops.ones_like(x[..., :1])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 2)
+
+
 def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     """The ``regions`` approach: what a requisite concerns decides the resolution it is seen at.
 
@@ -289,6 +316,12 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
       flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
       roll and yaw move by a few pixels;
+    - with ``extra["landmarks"]`` P > 0, P supervised points on the eye band's 27 x 52 map (with its
+      cells' coordinates, :class:`CoordinateChannels`: the left eye looks like the right one; a 1x1
+      convolution to P maps, then :class:`SpatialSoftArgmax`), whose coordinates join the features;
+      :func:`with_landmark_outputs` adds them as an output in fractions of the side, to be trained
+      against known landmarks (the synthetic set's eye centres and face edges: roll tilts the line
+      between the eyes, yaw moves the eyes between the face's edges);
     - with ``extra["keypoints"]`` K > 0, K learnt keypoints in each branch (a 1x1 convolution to K
       maps, then :class:`SpatialSoftArgmax`): on the whole-image map and on the eye band's 27 x 52
       map (at 224 px), their coordinates to a fraction of a cell (pose, gaze, where the rims sit).
@@ -328,6 +361,13 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         for where, fmap_k in (("global", fmap), ("eyes", eye_fine)):
             maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps")(fmap_k)
             parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints")(maps))
+    landmarks = int(cfg.extra.get("landmarks", 0))
+    if landmarks:
+        # supervised points (eye centres, the face's edges beside them): their coordinates are features
+        # of every head, and with_landmark_outputs trains them against the renderer's landmarks
+        located = CoordinateChannels(name=f"{HEAD_PREFIX}eyes_coordinates")(eye_fine)
+        maps = keras.layers.Conv2D(landmarks, 1, name=f"{HEAD_PREFIX}eyes_landmark_maps")(located)
+        parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}eyes_landmarks")(maps))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)
@@ -410,6 +450,37 @@ def with_pose_outputs(model: keras.Model) -> keras.Model:
     outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
     outputs[POSE_KEY] = keras.layers.Dense(3, name=f"{HEAD_PREFIX}pose", dtype="float32")(
         model.get_layer(POSE_ANCHOR).input)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def with_landmark_outputs(model: keras.Model) -> keras.Model:
+    """``model`` (the regions approach built with ``extra["landmarks"]`` P) with one more output,
+    :data:`~icao_mtl.data.LANDMARK_KEY` -> (batch, 2P): the supervised points' ``x_1 .. x_P, y_1 .. y_P``
+    in fractions of the image side, for :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s landmark term.
+    The soft arg-max gives each point in [-1, 1] over the centres of the eye band's map cells; a fixed
+    :class:`keras.layers.Rescaling` (``head_landmarks``) maps them to the image. :func:`task_outputs`
+    gives back the model without it (the points stay features of the heads).
+
+    Raises:
+        ConfigError: the model has no supervised points.
+    """
+    from .data.pipeline import LANDMARK_KEY
+
+    try:
+        points = model.get_layer(f"{HEAD_PREFIX}eyes_landmarks")
+    except ValueError:
+        raise ConfigError("Landmark targets need the regions approach built with landmarks (--landmark-weight "
+                          "builds them). Fix: --approach regions, or drop --landmark-weight.") from None
+    _, rows, cols, count = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps").output.shape
+    size = int(model.inputs[0].shape[1])
+    top, left = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_COLS[0] * size))
+    # cell j of the 2x-pooled map covers crop pixels 2j and 2j + 1: its centre is at left + 2j + 1 px,
+    # and the soft arg-max's -1 .. 1 spans j = 0 .. cols - 1
+    scale = [(cols - 1) / size] * count + [(rows - 1) / size] * count
+    offset = [(left + cols) / size] * count + [(top + rows) / size] * count
+    outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
+    outputs[LANDMARK_KEY] = keras.layers.Rescaling(scale, offset, name=f"{HEAD_PREFIX}landmarks", dtype="float32")(
+        points.output)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 

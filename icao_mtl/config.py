@@ -53,7 +53,7 @@ class TrainConfig:
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
     mapping: str | None = None  # column mapping JSON for other exports
     tasks: list | None = None  # subset of the dataset's tasks
-    extra_train: str | None = None  # a second dataset whose train split joins the training split (e.g. lfw_framed)
+    extra_train: str | None = None  # datasets (comma-separated) whose train splits join the training split
     synth_n: int = 6000
     synth_size: int = 224
     split: list = field(default_factory=lambda: [0.75, 0.15, 0.10])
@@ -79,6 +79,7 @@ class TrainConfig:
     loss_weight: float = 0.1
     severity_weight: float = 0.0  # > 0: also regress each requisite's severity (datasets with severities.csv)
     pose_weight: float = 0.0  # > 0: also regress the head's roll, yaw and pitch (datasets with pose.csv)
+    landmark_weight: float = 0.0  # > 0, regions: also locate the eyes and face edges (datasets with landmarks.csv)
     augment: str = "reference"
     flip: bool | None = None
     rotation: float | None = None
@@ -134,6 +135,10 @@ class TrainConfig:
         d.update(changes)
         return TrainConfig.from_dict(d)
 
+    def extra_sets(self) -> list[str]:
+        """The datasets of ``extra_train``, in order (it may name several, comma-separated)."""
+        return [name.strip() for name in (self.extra_train or "").split(",") if name.strip()]
+
     def fingerprint(self) -> str:
         """Hash of what is trained (volatile fields excluded)."""
         d = {k: v for k, v in self.to_dict().items() if k not in self.VOLATILE}
@@ -146,11 +151,13 @@ class TrainConfig:
 
     def model_config(self):
         from .architectures import ModelConfig
+        from .data.manifest import LANDMARK_POINTS
 
         return ModelConfig(approach=self.approach, backbone=self.backbone, weights=self.weights,
                            image_size=self.img_size, alpha=self.alpha, dropout=self.dropout,
                            nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed,
-                           extra={"eye_layout": self.eye_layout, "keypoints": self.keypoints}
+                           extra={"eye_layout": self.eye_layout, "keypoints": self.keypoints,
+                                  "landmarks": len(LANDMARK_POINTS) if self.landmark_weight else 0}
                            if self.approach == "regions" else {})
 
     def augment_config(self):
@@ -204,6 +211,12 @@ class TrainConfig:
         if not isinstance(self.severity_weight, (int, float)) or not self.severity_weight >= 0:
             raise ConfigError(f"severity_weight must be a number >= 0 (0: no severity regression). Received: "
                               f"{self.severity_weight!r}.")
+        if not isinstance(self.landmark_weight, (int, float)) or not self.landmark_weight >= 0:
+            raise ConfigError(f"landmark_weight must be a number >= 0 (0: no landmarks). Received: "
+                              f"{self.landmark_weight!r}.")
+        if self.landmark_weight and self.approach != "regions":
+            raise ConfigError(f"--landmark-weight locates face points on the regions approach's eye band, not "
+                              f"{self.approach!r}'s. Fix: add --approach regions, or drop --landmark-weight.")
         if not isinstance(self.pose_weight, (int, float)) or not self.pose_weight >= 0:
             raise ConfigError(f"pose_weight must be a number >= 0 (0: no pose regression). Received: "
                               f"{self.pose_weight!r}.")

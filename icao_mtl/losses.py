@@ -90,7 +90,8 @@ def _masked_huber(pred, target, delta: float):
 
 
 class GradedMultiTaskLoss(MaskedMultiTaskLoss):
-    """:class:`MaskedMultiTaskLoss` plus regressions of graded targets: each task's severity, the head's pose.
+    """:class:`MaskedMultiTaskLoss` plus regressions of graded targets: each task's severity, the head's
+    pose, face landmarks.
 
     A label says on which side of its threshold an image's defect lies; the severity says how far.
     Where a dataset knows it (the synthetic set's ``severities.csv``), regressing it from the same
@@ -113,23 +114,30 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
         delta: the Huber loss's delta, in units of the targets (standard deviations; ``pose_scale``).
         pose_weight: factor of the pose term (0: none).
         pose_scale: degrees per unit of the pose output (10: the 8-degree threshold is 0.8).
+        landmark_weight: factor of the landmark term (0: none): the Huber loss of the points'
+            coordinates (:data:`~icao_mtl.data.LANDMARK_KEY`, fractions of the side) in units of
+            ``landmark_scale`` of the side (0.01: 2.2 px at 224 px), per coordinate, summed.
 
-    Returns, from a call: ``(ce + severity_weight * severity + pose_weight * pose, logs)``;
-    ``logs["loss"]`` is the classification loss alone (what the progress line, history and
-    ``val_loss`` compare), ``logs["severity_loss"]`` and ``logs["pose_loss"]`` the terms present.
+    Returns, from a call: ``(ce + severity_weight * severity + pose_weight * pose + landmark_weight *
+    landmarks, logs)``; ``logs["loss"]`` is the classification loss alone (what the progress line,
+    history and ``val_loss`` compare), ``logs["severity_loss"]``, ``logs["pose_loss"]`` and
+    ``logs["landmark_loss"]`` the terms present.
     Without graded targets in the labels (validation) it is the classification loss.
     """
 
     def __init__(self, tasks, weights: float | dict = 1.0, severity_weight: float = 1.0, delta: float = 1.0,
-                 pose_weight: float = 0.0, pose_scale: float = 10.0):
+                 pose_weight: float = 0.0, pose_scale: float = 10.0, landmark_weight: float = 0.0,
+                 landmark_scale: float = 0.01):
         super().__init__(tasks, weights)
         self.severity_weight = float(severity_weight)
         self.delta = float(delta)
         self.pose_weight = float(pose_weight)
         self.pose_scale = float(pose_scale)
+        self.landmark_weight = float(landmark_weight)
+        self.landmark_scale = float(landmark_scale)
 
     def __call__(self, labels: dict, outputs: dict):
-        from .data.pipeline import POSE_KEY, SEVERITY_KEY
+        from .data.pipeline import LANDMARK_KEY, POSE_KEY, SEVERITY_KEY
 
         loss, logs = super().__call__(labels, outputs)
         total = loss
@@ -142,6 +150,11 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
                                  self.delta)
             total += self.pose_weight * pose
             logs = {**logs, "pose_loss": pose}
+        if self.landmark_weight and LANDMARK_KEY in labels and LANDMARK_KEY in outputs:
+            marks = _masked_huber(tf.cast(outputs[LANDMARK_KEY], tf.float32) / self.landmark_scale,
+                                  tf.cast(labels[LANDMARK_KEY], tf.float32) / self.landmark_scale, self.delta)
+            total += self.landmark_weight * marks
+            logs = {**logs, "landmark_loss": marks}
         if total is loss:
             return loss, logs
         return total, {**logs, "loss": loss}

@@ -54,11 +54,12 @@ def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
     if verbose:
         print(ds.report.summary())
         print(splits.report.summary())
-    if cfg.extra_train:
-        extra = data.load(cfg.extra_train, check_images=cfg.check_images, progress=verbose > 0)
+    for name in cfg.extra_sets():
+        extra = data.load(name, check_images=cfg.check_images, progress=verbose > 0)
+        before = splits.report.extra_train
         splits = data.with_extra_training(splits, extra, fractions=tuple(cfg.split), seed=cfg.split_seed)
         if verbose:
-            print(f"--extra-train {cfg.extra_train}: {splits.report.extra_train} of its training images added "
+            print(f"--extra-train {name}: {splits.report.extra_train - before} of its training images added "
                   f"(train split now {len(splits.train)})")
     return ds, splits
 
@@ -96,6 +97,19 @@ def check_pose(cfg: TrainConfig, splits) -> None:
                           "with its --out, --n, --size and --seed again (it adds pose.csv without re-rendering).")
 
 
+def check_landmarks(cfg: TrainConfig, splits) -> None:
+    """Refuse ``--landmark-weight`` on a training split without known landmarks, before any training."""
+    if not cfg.landmark_weight:
+        return
+    train = splits.train
+    if train.landmarks is None or not np.isfinite(train.landmarks).any():
+        raise ConfigError(f"--landmark-weight {cfg.landmark_weight} locates the eyes and the face's edges, but the "
+                          f"training data ({train.root}) has no landmarks.csv (image,left_eye_x,left_eye_y,...). "
+                          "Fix: drop --landmark-weight (or set it to 0); for a synthetic set, run `python -m "
+                          "icao_mtl.synth` with its --out, --n, --size and --seed again (it adds landmarks.csv "
+                          "without re-rendering).")
+
+
 def make_pipelines(cfg: TrainConfig, splits) -> dict:
     from .data import ImagePipeline
     from .losses import severity_targets
@@ -105,8 +119,9 @@ def make_pipelines(cfg: TrainConfig, splits) -> dict:
                   seed=cfg.seed)
     graded = severity_targets(splits.train) if cfg.severity_weight else None
     pose = splits.train.pose if cfg.pose_weight else None
+    marks = splits.train.landmarks if cfg.landmark_weight else None
     return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), severity_targets=graded,
-                                   pose_targets=pose, **common),
+                                   pose_targets=pose, landmark_targets=marks, **common),
             "val": ImagePipeline(splits.val, **common), "test": ImagePipeline(splits.test, **common)}
 
 
@@ -234,7 +249,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     """
     import keras
 
-    from .architectures import POSE_ANCHOR, build_model, task_outputs, with_pose_outputs, with_severity_outputs
+    from .architectures import (POSE_ANCHOR, build_model, task_outputs, with_landmark_outputs, with_pose_outputs,
+                                with_severity_outputs)
     from .backbones import set_backbone_trainable
     from .losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
     from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
@@ -262,6 +278,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     ds, splits = prepare_data(cfg, verbose=verbose)
     check_severities(cfg, splits)
     check_pose(cfg, splits)
+    check_landmarks(cfg, splits)
     pipes = make_pipelines(cfg, splits)
     if chief:
         start_run_dir(run_dir, cfg.to_dict(), splits, policy=policy)
@@ -283,6 +300,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                     model = with_severity_outputs(model, model_tasks)
                 if cfg.pose_weight and POSE_ANCHOR in model_tasks:  # STL: the rotation model only
                     model = with_pose_outputs(model)
+                if cfg.landmark_weight:
+                    model = with_landmark_outputs(model)
             if cfg.frozen_backbone():
                 set_backbone_trainable(model, model_tasks, "frozen")
             if cfg.finetune_epochs:
@@ -290,9 +309,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             else:
                 phases = standard_phases(cfg.epochs)
             weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
-            if cfg.severity_weight or cfg.pose_weight:
+            if cfg.severity_weight or cfg.pose_weight or cfg.landmark_weight:
                 loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight,
-                                           pose_weight=cfg.pose_weight)
+                                           pose_weight=cfg.pose_weight, landmark_weight=cfg.landmark_weight)
             else:
                 loss = MaskedMultiTaskLoss(model_tasks, weight)
             engine = Engine(model, model_tasks, optimizer=opt, loss=loss,
@@ -305,7 +324,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
                                                         resume=resume)
             if engine.collapse is not None:
                 collapses[name or cfg.approach] = engine.collapse
-            models[name or "model"] = task_outputs(model, model_tasks)  # the severity and pose outputs only train
+            models[name or "model"] = task_outputs(model, model_tasks)  # the graded outputs only train
     except (NonFiniteLossError, CollapsedModelError) as exc:
         if chief:
             write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__)
@@ -330,7 +349,7 @@ class _TaskView:
     def _select(self, ds):
         import tensorflow as tf
 
-        from .data import POSE_KEY, SEVERITY_KEY
+        from .data import LANDMARK_KEY, POSE_KEY, SEVERITY_KEY
 
         if set(self.tasks) == set(self.pipe.tasks):
             return ds
@@ -340,8 +359,9 @@ class _TaskView:
             kept = {t: y[t] for t in self.tasks}
             if SEVERITY_KEY in y:
                 kept[SEVERITY_KEY] = tf.gather(y[SEVERITY_KEY], columns, axis=1)
-            if POSE_KEY in y:
-                kept[POSE_KEY] = y[POSE_KEY]
+            for key in (POSE_KEY, LANDMARK_KEY):
+                if key in y:
+                    kept[key] = y[key]
             return x, kept
 
         return ds.map(select)

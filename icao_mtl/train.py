@@ -26,7 +26,7 @@ from .errors import IcaoMtlError, command
 _FLAGS = {
     "data": str, "mapping": str, "approach": str, "backbone": str, "weights": str, "img_size": int, "alpha": float,
     "dropout": float, "epochs": int, "batch_size": int, "optimizer": str, "lr": float, "lr_schedule": str,
-    "loss_weight": float, "severity_weight": float, "pose_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
+    "loss_weight": float, "severity_weight": float, "pose_weight": float, "landmark_weight": float, "augment": str, "rotation": float, "zoom": float, "shear": float, "shift": float,
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
@@ -34,9 +34,9 @@ _FLAGS = {
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
-    "extra_train": "a second dataset (directory or lfw_framed) whose train split is added to the training "
-                   "split: its tasks must be among --data's, the others count as not applicable; validation "
-                   "and test stay --data's",
+    "extra_train": "more datasets (directories or lfw_framed, comma-separated) whose train splits are added "
+                   "to the training split: their tasks must be among --data's, the others count as not "
+                   "applicable; validation and test stay --data's",
     "keypoints": "regions: K learnt keypoints (soft arg-max coordinates) on the whole-image and the eye-band "
                  "maps (default 0: none)",
     "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
@@ -51,6 +51,9 @@ _HELP = {
     "loss_weight": "weight of every task's loss (the reference code: 0.1)",
     "severity_weight": "weight of a regression of every requisite's severity beside its label, from the "
                        "same hidden layer (needs the dataset's severities.csv, as the synthetic set has; 0: off)",
+    "landmark_weight": "regions: weight of locating the eye centres and the face's edges beside them on the "
+                       "eye band (soft arg-max points, features of every head; needs the dataset's "
+                       "landmarks.csv, as the synthetic set has; 0: off)",
     "pose_weight": "weight of a regression of the head's roll, yaw and pitch from the rotation head's hidden "
                    "layer (needs the dataset's pose.csv, as the synthetic set has; 0: off)",
     "augment": "augmentation preset: reference (default), paper, no_rotation, none",

@@ -265,6 +265,14 @@ def test_extra_training_rows_join_the_training_split_only_and_analyze_finds_them
     again = split_dataset_of_run(run, cfg, "train")
     assert again.names == sp.train.names and (again.labels == sp.train.labels).all()
     assert again.paths == sp.train.paths
+    # several sets, comma-separated: each adds its train rows, in order; analyze finds them all
+    second = _extra_set(tmp_path / "more")
+    cfg2 = TrainConfig(data=str(main), extra_train=f"{extra}, {second}")
+    _, sp2 = prepare_data(cfg2, verbose=0)
+    assert sp2.train.names[len(base.train):] == added + [n.replace("faces/", "more/") for n in added]
+    assert sp2.report.extra_train == 8 and sp2.val.names == base.val.names
+    write_split(run, sp2)
+    assert split_dataset_of_run(run, cfg2, "train").names == sp2.train.names
 
 
 def test_extra_training_set_errors_name_the_set_and_the_fix(tmp_path):

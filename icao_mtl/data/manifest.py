@@ -11,6 +11,7 @@ Layout (the same for the synthetic set and for a user's own data)::
       severities.csv          optional: image,<task ids...>; the continuous severity behind each label
                               (non-compliant when above the task's threshold; empty: unknown)
       pose.csv                optional: image,roll,yaw,pitch; the head's pose in degrees (empty: unknown)
+      landmarks.csv           optional: image,left_eye_x,left_eye_y,...; face points, fractions of the side
 
 Image names in ``labels.csv`` are looked up in ``images/`` first, then relative to ``DATASET/``.
 Every problem is reported before any training starts, with the file, row and column concerned and
@@ -32,6 +33,11 @@ from ..errors import ConfigError
 
 #: The columns of ``pose.csv``: the head's rotation in the image plane, left-right and up-down, degrees.
 POSE_AXES = ("roll", "yaw", "pitch")
+#: The points of ``landmarks.csv``, image-left first (as MTCNN names a photo's eyes): the eye centres and
+#: the face's outline at the eyes' height.
+LANDMARK_POINTS = ("left_eye", "right_eye", "left_cheek", "right_cheek")
+#: Its columns: ``<point>_x, <point>_y`` for each point, fractions of the image side from the top-left corner.
+LANDMARK_COLUMNS = tuple(f"{p}_{c}" for p in LANDMARK_POINTS for c in ("x", "y"))
 from ..requisites import GROUPS, IDS, LABEL_CODES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -136,6 +142,8 @@ class LabeledDataset:
             (``severities.csv``; NaN where unknown), or None when the dataset has none.
         pose: float32 array of shape (n, 3), the head's roll, yaw and pitch in degrees (``pose.csv``,
             columns :data:`POSE_AXES`; NaN where unknown), or None when the dataset has none.
+        landmarks: float32 array of shape (n, 8), the :data:`LANDMARK_POINTS` as ``x, y`` pairs in
+            fractions of the image side (``landmarks.csv``; NaN where unknown), or None.
     """
 
     root: Path
@@ -149,6 +157,7 @@ class LabeledDataset:
     meta: dict = field(default_factory=dict)
     severities: np.ndarray | None = None
     pose: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -163,7 +172,8 @@ class LabeledDataset:
                               groups=self.groups, split=None if self.split is None else self.split[index],
                               report=self.report, meta=self.meta,
                               severities=None if self.severities is None else self.severities[index],
-                              pose=None if self.pose is None else self.pose[index])
+                              pose=None if self.pose is None else self.pose[index],
+                              landmarks=None if self.landmarks is None else self.landmarks[index])
 
     def thresholds(self) -> np.ndarray:
         """The severity above which each task is non-compliant, shape (n_tasks,): ``meta.json``'s
@@ -407,7 +417,8 @@ def read_dataset(path: str | os.PathLike, *, tasks=None, mapping: ColumnMapping 
     ds = LabeledDataset(root=root, names=names, paths=paths, labels=labels, tasks=tasks, groups=groups,
                         split=split, report=report, meta=meta,
                         severities=_read_numbers(root / "severities.csv", names, tasks, "severities"),
-                        pose=_read_numbers(root / "pose.csv", names, POSE_AXES, "pose"))
+                        pose=_read_numbers(root / "pose.csv", names, POSE_AXES, "pose"),
+                        landmarks=_read_numbers(root / "landmarks.csv", names, LANDMARK_COLUMNS, "landmarks"))
     return ds.subset(idx) if report.rows_kept < len(names) else ds
 
 

@@ -12,7 +12,9 @@ Elements are ``(images, labels)``: ``images`` float32 of shape (batch, H, W, 3) 
 ``severity_targets`` adds :data:`SEVERITY_KEY` -> float32 (batch, n_tasks) (NaN: unknown), one given
 ``pose_targets`` :data:`POSE_KEY` -> float32 (batch, 3), the head's roll, yaw and pitch in degrees *as
 the augmented image shows it*: a horizontal flip negates roll and yaw, a rotation by the augmentation
-turns the roll with the image.
+turns the roll with the image; one given ``landmark_targets`` :data:`LANDMARK_KEY` -> float32 (batch,
+2 * points), ``x_1 .. x_P, y_1 .. y_P`` in fractions of the side, where the augmented image shows them
+(a flip also swaps left and right points).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .manifest import LabeledDataset
 SEVERITY_KEY = "_severity"
 #: The labels' key of the head-pose targets (roll, yaw, pitch in degrees); never a task id.
 POSE_KEY = "_pose"
+#: The labels' key of the landmark targets (x's then y's, fractions of the side); never a task id.
+LANDMARK_KEY = "_landmarks"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,25 @@ def _affine_params(cfg: AugmentConfig, seed, height: int, width: int):
     return params, gain, tf.stack([flip, u[1] * cfg.rotation])
 
 
+def move_landmarks(points, params, turn, size: int):
+    """Where an augmented image shows its landmarks: ``points`` float32 (B, P, 2) ``(x, y)`` fractions of
+    the side in the source images, ``params`` (B, 8) the warps (output pixel -> input pixel, pixel-index
+    coordinates), ``turn`` (B, 2) their flip signs. Returns (B, P, 2) in the output images, the pairs
+    (0, 1), (2, 3), ... swapped where the image was flipped (the left eye stays the image-left one)."""
+    import tensorflow as tf
+
+    src = points * size - 0.5
+    a00, a01, t0, a10, a11, t1 = (params[:, k][:, None] for k in range(6))
+    dx, dy = src[..., 0] - t0, src[..., 1] - t1
+    det = a00 * a11 - a01 * a10
+    x = (a11 * dx - a01 * dy) / det
+    y = (-a10 * dx + a00 * dy) / det
+    out = tf.stack([x, y], -1) / size + 0.5 / size
+    n = int(points.shape[1])
+    swapped = tf.gather(out, [j ^ 1 if (j ^ 1) < n else j for j in range(n)], axis=1)
+    return tf.where((turn[:, 0] < 0)[:, None, None], swapped, out)
+
+
 def turn_pose(pose, turn):
     """The pose an augmented image shows: ``pose`` float32 (B, 3) roll, yaw, pitch in degrees of the
     source images, ``turn`` (B, 2) flip sign and rotation in degrees from :func:`_affine_params`.
@@ -169,12 +192,16 @@ class ImagePipeline:
         pose_targets: optional float array of shape (n, 3), the head's roll, yaw and pitch in degrees
             per row (``LabeledDataset.pose``; NaN where unknown), served under :data:`POSE_KEY`, turned
             as each augmented image is (:func:`turn_pose`).
+        landmark_targets: optional float array of shape (n, 2 * P), ``x, y`` pairs of P points in
+            fractions of the side per row (``LabeledDataset.landmarks``; NaN where unknown), served under
+            :data:`LANDMARK_KEY` as ``x_1 .. x_P, y_1 .. y_P`` where each augmented image shows them
+            (:func:`move_landmarks`).
     """
 
     def __init__(self, ds: LabeledDataset, image_size: int, batch_size: int = 32, *,
                  augment: AugmentConfig | None = None, preprocess=None, cache=True,
                  interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None, severity_targets=None,
-                 pose_targets=None):
+                 pose_targets=None, landmark_targets=None):
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer of at least 8 pixels. Received: {image_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -204,6 +231,12 @@ class ImagePipeline:
                 raise ValueError(f"pose_targets must have shape {(len(ds), 3)} (rows, roll/yaw/pitch). Received: "
                                  f"{pose_targets.shape}")
         self.pose_targets = pose_targets
+        if landmark_targets is not None:
+            landmark_targets = np.asarray(landmark_targets, np.float32)
+            if landmark_targets.ndim != 2 or landmark_targets.shape[0] != len(ds) or landmark_targets.shape[1] % 2:
+                raise ValueError(f"landmark_targets must have shape ({len(ds)}, 2 * points) (rows, x/y pairs). "
+                                 f"Received: {landmark_targets.shape}")
+        self.landmark_targets = landmark_targets
         self._base = None
 
     def __len__(self) -> int:
@@ -255,15 +288,23 @@ class ImagePipeline:
         table = tf.constant(self.ds.labels.astype(np.int32))
         graded = None if self.severity_targets is None else tf.constant(self.severity_targets)
         pose = None if self.pose_targets is None else tf.constant(self.pose_targets)
-        tasks = self.ds.tasks
+        marks = None if self.landmark_targets is None else tf.constant(
+            self.landmark_targets.reshape(len(self.ds), -1, 2))
+        tasks, size = self.ds.tasks, self.image_size
 
-        def attach(idx, images, turn=None):
+        def attach(idx, images, warp=None):
             rows = tf.gather(table, idx)
             labels = {t: rows[:, j] for j, t in enumerate(tasks)}
             if graded is not None:
                 labels[SEVERITY_KEY] = tf.gather(graded, idx)
+            params, turn = (None, None) if warp is None else (warp[:, :8], warp[:, 8:])
             if pose is not None:
                 labels[POSE_KEY] = tf.gather(pose, idx) if turn is None else turn_pose(tf.gather(pose, idx), turn)
+            if marks is not None:
+                points = tf.gather(marks, idx)
+                if params is not None:
+                    points = move_landmarks(points, params, turn, size)
+                labels[LANDMARK_KEY] = tf.concat([points[..., 0], points[..., 1]], axis=1)
             return images, labels
 
         return ds.map(attach, num_parallel_calls=tf.data.AUTOTUNE)
@@ -312,7 +353,7 @@ class ImagePipeline:
                 x = apply_affine(tf.cast(img, tf.float32), p, aug.fill_mode)
                 if aug.intensity > 0:
                     x = tf.clip_by_value(x * g[:, None, None, None], 0.0, 255.0)
-                return idx, x, turn
+                return idx, x, tf.concat([p, turn], axis=1)
 
             ds = ds.map(warp, num_parallel_calls=tf.data.AUTOTUNE)
         else:

@@ -215,7 +215,7 @@ def with_extra_training(splits: Splits, extra: LabeledDataset, fractions=DEFAULT
     merged = append_rows(splits.train, extra.subset(rows))
     report = dataclasses.replace(splits.report, sizes={**splits.report.sizes, "train": len(merged)},
                                  counts={**splits.report.counts, "train": merged.label_counts()},
-                                 extra_train=len(rows))
+                                 extra_train=splits.report.extra_train + len(rows))
     return Splits(train=merged, val=splits.val, test=splits.test, report=report)
 
 
@@ -239,8 +239,14 @@ def append_rows(base: LabeledDataset, other: LabeledDataset) -> LabeledDataset:
         other_pose = other.pose if other.pose is not None else np.full((len(other), base.pose.shape[1]), np.nan,
                                                                          np.float32)
         pose = np.concatenate([base.pose, other_pose])
+    landmarks = None
+    if base.landmarks is not None:
+        other_marks = other.landmarks if other.landmarks is not None else np.full(
+            (len(other), base.landmarks.shape[1]), np.nan, np.float32)
+        landmarks = np.concatenate([base.landmarks, other_marks])
     return LabeledDataset(root=base.root, names=[*base.names, *(f"{prefix}/{n}" for n in other.names)],
                           paths=[*base.paths, *other.paths], labels=np.concatenate([base.labels, labels]),
                           tasks=base.tasks, groups=base.groups,
                           split=None if base.split is None else np.concatenate([base.split, ["train"] * len(other)]),
-                          report=base.report, meta=base.meta, severities=severities, pose=pose)
+                          report=base.report, meta=base.meta, severities=severities, pose=pose,
+                          landmarks=landmarks)

@@ -17,13 +17,13 @@ import os
 from pathlib import Path
 
 from .generate import (GENERATOR_VERSION, REGION_NAMES, REQUISITE_REGION, SynthConfig, generate, is_complete, read_regions,
-                       region_mask, write_pose_table)
+                       region_mask, has_geometry, portrait_landmarks, write_geometry, LANDMARK_POINTS)
 from .portrait import Portrait, render, sample_portrait
 from .specs import SPECS, DefectSpec, markdown_table
 
 __all__ = ["GENERATOR_VERSION", "REGION_NAMES", "REQUISITE_REGION", "read_regions", "region_mask", "SPECS", "DefectSpec", "Portrait", "SynthConfig", "default_data_root",
            "ensure_dataset", "generate", "is_complete", "markdown_table", "render", "sample_portrait",
-           "write_pose_table"]
+           "write_geometry", "has_geometry", "portrait_landmarks", "LANDMARK_POINTS"]
 
 
 def default_data_root() -> Path:
@@ -42,7 +42,7 @@ def ensure_dataset(cfg: SynthConfig = SynthConfig(), root: str | os.PathLike | N
         progress: show a progress bar while rendering.
     """
     out = Path(root or default_data_root()) / cfg.default_name()
-    if is_complete(out, cfg) and (out / "pose.csv").is_file():
+    if is_complete(out, cfg) and has_geometry(out):
         return out
     # A set that an older version of this generator rendered under its default name is replaced
     # (the name is ours); anything else there is left alone and reported.

@@ -3,7 +3,8 @@
 ``DATASET/images/000000.png ...``, ``labels.csv`` (``image`` + the 23 requisite ids, values 1 / 0 / -1),
 ``severities.csv`` (the continuous severity behind each label, empty where not applicable),
 ``regions.csv`` (boxes of the face regions, fractions of the image side), ``pose.csv`` (the head's
-roll, yaw and pitch in degrees), ``meta.json`` and ``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
+roll, yaw and pitch in degrees), ``landmarks.csv`` (eye centres and the face's outline at their
+height), ``meta.json`` and ``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
 the end, so an interrupted generation never leaves a half dataset where a complete one is expected.
 Image ``i`` depends only on ``(seed, i, size)``: the output is byte-identical for any number of workers.
 """
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from .. import io as aio
+from ..data.manifest import LANDMARK_COLUMNS, LANDMARK_POINTS
 from ..errors import IcaoMtlError
 from ..requisites import GROUPS, IDS, LABEL_CODES
 from .portrait import render, sample_portrait
@@ -180,8 +182,8 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, worker
         raise ValueError(f"workers must be a positive integer. Received: workers={workers!r}")
     out = Path(out)
     if is_complete(out, cfg):
-        if not (out / "pose.csv").is_file():  # rendered before pose.csv existed: the images are the same
-            write_pose_table(out, cfg)
+        if not has_geometry(out):  # rendered before pose.csv / landmarks.csv existed: the images are the same
+            write_geometry(out, cfg)
         return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetExistsError(
@@ -195,7 +197,7 @@ def generate(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, worker
     try:
         rows = _render_all(tmp / "images", cfg, workers, progress)
         _write_tables(tmp, cfg, rows)
-        write_pose_table(tmp, cfg)
+        write_geometry(tmp, cfg)
         if contact_sheet:
             write_contact_sheet(tmp, rows, cfg)
         if out.exists():
@@ -279,18 +281,41 @@ def _write_tables(root: Path, cfg: SynthConfig, rows: list[tuple]) -> None:
     aio.write_json(root / "meta.json", meta)
 
 
-def write_pose_table(root: str | os.PathLike, cfg: SynthConfig) -> Path:
-    """Write ``root/pose.csv``: ``image,roll,yaw,pitch``, the head's pose of every portrait in degrees
-    (roll turns the head in the image plane, clockwise as the image is seen; yaw and pitch turn it
-    left-right and up-down), as :func:`sample_portrait` draws it: no rendering, about 0.4 ms an image.
-    ``rotation``'s severity is the largest absolute angle."""
-    rows = []
+GEOMETRY_FILES = ("pose.csv", "landmarks.csv")
+
+
+def portrait_landmarks(look: dict) -> np.ndarray:
+    """The :data:`LANDMARK_POINTS` of a portrait as (4, 2) pixel coordinates ``(x, y)`` of its image
+    (continuous: the top-left pixel spans [0, 1)): the eyes where :func:`render` draws them (on the
+    curved face, so yaw and pitch move them), the outline where the flat head ellipse crosses the
+    eyes' row of the face (roll turns it, yaw and pitch do not)."""
+    from .portrait import EYE_U, EYE_V, _Frame
+
+    f = _Frame(look)
+    edge = math.sqrt(1.0 - (EYE_V / f.e) ** 2)
+    eyes = f.surface([(-EYE_U, EYE_V), (EYE_U, EYE_V)])
+    cheeks = f.flat([(-edge, EYE_V), (edge, EYE_V)])
+    return np.concatenate([eyes, cheeks], 0)
+
+
+def write_geometry(root: str | os.PathLike, cfg: SynthConfig) -> None:
+    """Write ``root/pose.csv`` (``image,roll,yaw,pitch``: the head's pose in degrees; roll turns the head
+    in the image plane, clockwise as the image is seen, yaw and pitch turn it left-right and up-down;
+    ``rotation``'s severity is the largest absolute angle) and ``root/landmarks.csv``
+    (``image,left_eye_x,left_eye_y,...``: the :data:`LANDMARK_POINTS` as fractions of the image side)
+    from :func:`sample_portrait`: no rendering, about 0.5 ms an image."""
+    pose_rows, mark_rows = [], []
     for i in range(cfg.n):
         look = sample_portrait(cfg.seed, i, cfg.size).look
-        rows.append([image_name(i, cfg.format), *(_fmt(look[k]) for k in ("roll", "yaw", "pitch"))])
-    path = Path(root) / "pose.csv"
-    aio.write_text(path, _csv_text(["image", "roll", "yaw", "pitch"], rows))
-    return path
+        name = image_name(i, cfg.format)
+        pose_rows.append([name, *(_fmt(look[k]) for k in ("roll", "yaw", "pitch"))])
+        mark_rows.append([name, *(_fmt(v / cfg.size) for v in portrait_landmarks(look).ravel())])
+    aio.write_text(Path(root) / "pose.csv", _csv_text(["image", "roll", "yaw", "pitch"], pose_rows))
+    aio.write_text(Path(root) / "landmarks.csv", _csv_text(["image", *LANDMARK_COLUMNS], mark_rows))
+
+
+def has_geometry(root: str | os.PathLike) -> bool:
+    return all((Path(root) / name).is_file() for name in GEOMETRY_FILES)
 
 
 def _thumb(path: Path, side: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The head's pose as a training target: ``pose.csv`` written with the synthetic set, served with the
-labels as each augmented image shows it, and regressed beside ``rotation`` (``--pose-weight``)."""
+"""Geometry as training targets: the head's pose (``pose.csv``) and face landmarks (``landmarks.csv``)
+written with the synthetic set, served with the labels where each augmented image shows them, and
+learnt beside the labels (``--pose-weight``, ``--landmark-weight``)."""
 
 import dataclasses
 import json
@@ -10,13 +11,13 @@ import pytest
 import tensorflow as tf
 
 from icao_mtl import data
-from icao_mtl.data import POSE_KEY, read_dataset
-from icao_mtl.data.pipeline import _affine_params, apply_affine, augment_config, turn_pose
+from icao_mtl.data import LANDMARK_KEY, POSE_KEY, read_dataset
+from icao_mtl.data.pipeline import _affine_params, apply_affine, augment_config, move_landmarks, turn_pose
 from icao_mtl.losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
-from icao_mtl.synth import SynthConfig, generate, sample_portrait
+from icao_mtl.synth import SynthConfig, generate, portrait_landmarks, sample_portrait
 
 
-def test_pose_csv_holds_the_drawn_angles_and_is_added_to_an_older_set_without_rendering(tmp_path):
+def test_pose_and_landmarks_hold_the_drawn_geometry_and_are_added_to_an_older_set_without_rendering(tmp_path):
     cfg = SynthConfig(n=40, size=64, seed=5)
     root = generate(tmp_path / "set", cfg, progress=False)
     ds = read_dataset(root, check_images="exists")
@@ -27,17 +28,29 @@ def test_pose_csv_holds_the_drawn_angles_and_is_added_to_an_older_set_without_re
     # the label is a threshold on the largest absolute angle, which is the severity
     np.testing.assert_allclose(np.abs(ds.pose).max(1), ds.severities[:, rotation], rtol=1e-5)
     assert ((np.abs(ds.pose).max(1) > 8) == (ds.labels[:, rotation] == 0)).all()
-    # a set rendered before pose.csv existed gets it, the images untouched
-    text = (root / "pose.csv").read_text()
-    (root / "pose.csv").unlink()
+    # landmarks: the eyes inside the eye boxes of regions.csv, the face's edges on the face box's sides
+    assert ds.landmarks.shape == (40, 8) and np.isfinite(ds.landmarks).all()
+    np.testing.assert_allclose(ds.landmarks[7], portrait_landmarks(look).ravel() / 64, rtol=1e-5)
+    boxes = np.loadtxt(root / "regions.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
+    face, eyes = boxes[:, 0:4], boxes[:, 4:8]
+    marks = ds.landmarks.reshape(40, 4, 2)
+    assert (marks[:, :2, 0] > eyes[:, None, 0]).all() and (marks[:, :2, 0] < eyes[:, None, 2]).all()
+    assert (marks[:, :2, 1] > eyes[:, None, 1]).all() and (marks[:, :2, 1] < eyes[:, None, 3]).all()
+    assert (marks[:, 0, 0] < marks[:, 1, 0]).all() and (marks[:, 2, 0] < marks[:, 0, 0]).all()  # image-left first
+    assert np.abs(marks[:, 2, 0] - face[:, 0]).max() < 0.03 and np.abs(marks[:, 3, 0] - face[:, 2]).max() < 0.03
+    # a set rendered before pose.csv and landmarks.csv existed gets them, the images untouched
+    texts = {n: (root / n).read_text() for n in ("pose.csv", "landmarks.csv")}
+    for n in texts:
+        (root / n).unlink()
     stamp = (root / "images" / "000000.png").stat().st_mtime_ns
     generate(root, cfg, progress=False)
-    assert (root / "pose.csv").read_text() == text
+    assert all((root / n).read_text() == t for n, t in texts.items())
     assert (root / "images" / "000000.png").stat().st_mtime_ns == stamp
     # kept by subsets, unknown (NaN) on rows of a set without pose
     np.testing.assert_allclose(ds.subset([3, 1]).pose, ds.pose[[3, 1]])
-    merged = data.splits.append_rows(ds, dataclasses.replace(ds.subset([0, 1]), pose=None))
+    merged = data.splits.append_rows(ds, dataclasses.replace(ds.subset([0, 1]), pose=None, landmarks=None))
     assert merged.pose.shape == (42, 3) and np.isnan(merged.pose[40:]).all()
+    assert merged.landmarks.shape == (42, 8) and np.isnan(merged.landmarks[40:]).all()
 
 
 def _dots(size, points, colours):
@@ -75,6 +88,33 @@ def test_the_served_roll_is_the_angle_of_the_eye_line_in_the_augmented_image(see
     served = turn_pose(tf.constant([[roll, 5.0, -3.0]]), turn[None]).numpy()[0]
     assert served[0] == pytest.approx(seen, abs=1.0)
     assert served[1] == pytest.approx(5.0 * flip) and served[2] == pytest.approx(-3.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_served_landmarks_are_where_the_augmented_image_shows_the_points(seed):
+    """Four coloured dots at known points; after the pipeline's warp (flip, rotation, zoom, shear,
+    shifts) their centroids must be where :func:`move_landmarks` puts the points, the image-left pair
+    swapped on a flip."""
+    size = 96
+    points = np.array([[30.0, 40.0], [62.0, 44.0], [18.0, 38.0], [76.0, 47.0]])  # pixels, continuous
+    img = np.zeros((size, size, 3), np.float32)
+    for j, (x, y) in enumerate(points):  # 2 x 2 dots centred on the point: channels 0, 1, 2 and 0 + 2
+        cx, cy = int(round(x)), int(round(y))
+        img[cy - 1:cy + 1, cx - 1:cx + 1, [[0], [1], [2], [0, 2]][j]] = 255.0
+    cfg = augment_config("reference", rotation=20.0, zoom=0.1, width_shift=0.08, height_shift=0.08)
+    params, _, turn = _affine_params(cfg, tf.constant([seed, 3]), size, size)
+    out = apply_affine(tf.constant(img[None]), params[None], "constant").numpy()[0]
+    moved = move_landmarks(tf.constant(points[None] / size, tf.float32), params[None], turn[None], size).numpy()[0]
+    pure = [out[..., 0] * (out[..., 2] < 1), out[..., 1], out[..., 2] * (out[..., 0] < 1), np.minimum(out[..., 0],
+                                                                                                    out[..., 2])]
+    seen = []
+    for w in pure:
+        ys, xs = np.mgrid[:size, :size]
+        seen.append([(w * (xs + 0.5)).sum() / w.sum(), (w * (ys + 0.5)).sum() / w.sum()])
+    seen = np.array(seen)
+    if float(turn[0]) < 0:
+        seen = seen[[1, 0, 3, 2]]
+    np.testing.assert_allclose(moved * size, seen, atol=0.6)
 
 
 def test_a_pipeline_serves_the_pose_turned_with_its_augmentation_and_plain_in_evaluation(synth_small):
@@ -134,6 +174,51 @@ def test_a_run_with_pose_learns_the_angles_and_saves_a_model_of_the_tasks_only(t
     assert "pose_loss" in history["rotation"][0] and "pose_loss" not in history["blurred"][0]
 
 
+def test_landmark_outputs_place_the_soft_argmax_on_the_eye_band_of_the_image():
+    import keras
+
+    from icao_mtl.architectures import (EYE_BAND_COLS, EYE_BAND_ROWS, ModelConfig, build_model, task_outputs,
+                                        with_landmark_outputs)
+
+    size = 224
+    model = build_model(ModelConfig(approach="regions", image_size=size, extra={"landmarks": 4}), ("rotation",))
+    trained = with_landmark_outputs(model)
+    maps = trained.get_layer("head_eyes_landmark_maps")
+    maps.set_weights([np.zeros_like(w) for w in maps.get_weights()])  # a flat map: every point at its centre
+    image = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    points = trained({"image": image})[LANDMARK_KEY].numpy()
+    assert points.shape == (2, 8)
+    top, bottom = round(EYE_BAND_ROWS[0] * size), round(EYE_BAND_ROWS[1] * size)
+    left, right = round(EYE_BAND_COLS[0] * size), round(EYE_BAND_COLS[1] * size)
+    np.testing.assert_allclose(points[:, :4], (left + right) / 2 / size, atol=0.5 / size)
+    np.testing.assert_allclose(points[:, 4:], (top + bottom) / 2 / size, atol=0.5 / size)
+    # the soft arg-max's -1 and 1 are the centres of the first and last cells (2 px each at 224 px)
+    to_image = trained.get_layer("head_landmarks")
+    ends = to_image(np.array([[-1.0] * 8, [1.0] * 8], "float32")).numpy()
+    np.testing.assert_allclose(ends[0, 0], (left + 1) / size, rtol=1e-6)
+    np.testing.assert_allclose(ends[1, 0], (left + 2 * 51 + 1) / size, rtol=1e-6)  # 52 cells across 104 px
+    np.testing.assert_allclose(ends[0, 4], (top + 1) / size, rtol=1e-6)
+    assert task_outputs(trained, ("rotation",)).output_names == ["rotation"]
+    with pytest.raises(Exception, match="regions approach built with landmarks"):
+        with_landmark_outputs(build_model(ModelConfig(approach="hc2", image_size=64), ("rotation",)))
+    assert isinstance(trained, keras.Model)
+
+
+def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small):
+    import icao_mtl
+    from icao_mtl import train
+
+    out = tmp_path / "run"
+    assert train.main(["--data", str(synth_small), "--approach", "regions", "--epochs", "5", "--quiet",
+                       "--check-images", "none", "--tasks", "rotation,eyes_closed", "--landmark-weight", "0.05",
+                       "--lr", "3e-3", "--out", str(out)]) == 0
+    history = json.loads((out / "history.json").read_text())["regions"]
+    assert history[-1]["landmark_loss"] < 0.6 * history[0]["landmark_loss"]
+    model = icao_mtl.load_model(out / "model.keras")
+    assert sorted(model.output_names) == ["eyes_closed", "rotation"]
+    assert model.get_layer("head_eyes_landmarks") is not None  # the points stay features of the heads
+
+
 def test_pose_weight_is_refused_before_training_without_pose_or_without_rotation(tmp_path, synth_small, data_root,
                                                                                   monkeypatch, capsys):
     import shutil
@@ -153,4 +238,9 @@ def test_pose_weight_is_refused_before_training_without_pose_or_without_rotation
     monkeypatch.setenv("ICAO_MTL_DATA", str(data_root))
     assert train.main(["--data", "digits", *common, "--out", str(tmp_path / "c")]) == 2
     assert "'rotation' is not among the tasks" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "abc")
+    marks = ["--landmark-weight", "0.1", "--epochs", "1", "--quiet", "--check-images", "none"]
+    assert train.main(["--data", str(no_pose), "--approach", "regions", *marks, "--out", str(tmp_path / "d")]) == 2
+    assert "has no landmarks.csv" in capsys.readouterr().err
+    assert train.main(["--data", str(synth_small), "--approach", "hc2", *marks, "--out", str(tmp_path / "e")]) == 2
+    assert "not 'hc2'" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abcde")
