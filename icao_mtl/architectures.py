@@ -250,14 +250,24 @@ class SpatialSoftArgmax(keras.layers.Layer):
     it moves continuously with the feature: a head turned by 8° shifts the nose by about 6 px.
 
     Input (batch, H, W, K); output (batch, 2K): ``x_1 .. x_K, y_1 .. y_K`` in [-1, 1] (the centres
-    of the first and last cells). The softmax temperature is learnt (one scalar, starting at 1).
+    of the first and last cells). The softmax temperature is learnt (one scalar, starting at
+    ``temperature``): over a 27 x 52 map a peak must stand about log(1404) ~ 7 above the other cells'
+    logits to hold most of the mass, so supervised points start colder (0.1) than free keypoints (1).
     """
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
 
     def build(self, input_shape):
         if None in tuple(input_shape[1:]):
             raise ValueError(f"SpatialSoftArgmax needs a map of known size. Received: input_shape={input_shape}")
         self._map_shape = tuple(int(v) for v in input_shape[1:])  # the graph's; a traced call may not know it
-        self.log_temperature = self.add_weight(shape=(), initializer="zeros", name="log_temperature")
+        self.log_temperature = self.add_weight(shape=(), initializer=keras.initializers.Constant(
+            math.log(self.temperature)), name="log_temperature")
 
     def call(self, x):
         ops = keras.ops
@@ -351,6 +361,8 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
         if i == 2:
             eye_fine = e  # 27 x 52 at 224 px: the finest map with 48 features
+        if i == 3:
+            eye_wide = e  # 13 x 26 at 224 px: each cell sees about 30 px, a whole eye
         if i >= 1:
             e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
     parts = [g_avg, g_max, g_map,
@@ -365,9 +377,9 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     if landmarks:
         # supervised points (eye centres, the face's edges beside them): their coordinates are features
         # of every head, and with_landmark_outputs trains them against the renderer's landmarks
-        located = CoordinateChannels(name=f"{HEAD_PREFIX}eyes_coordinates")(eye_fine)
+        located = CoordinateChannels(name=f"{HEAD_PREFIX}eyes_coordinates")(eye_wide)
         maps = keras.layers.Conv2D(landmarks, 1, name=f"{HEAD_PREFIX}eyes_landmark_maps")(located)
-        parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}eyes_landmarks")(maps))
+        parts.append(SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}eyes_landmarks")(maps))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)
@@ -453,34 +465,58 @@ def with_pose_outputs(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def with_landmark_outputs(model: keras.Model) -> keras.Model:
-    """``model`` (the regions approach built with ``extra["landmarks"]`` P) with one more output,
-    :data:`~icao_mtl.data.LANDMARK_KEY` -> (batch, 2P): the supervised points' ``x_1 .. x_P, y_1 .. y_P``
-    in fractions of the image side, for :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s landmark term.
-    The soft arg-max gives each point in [-1, 1] over the centres of the eye band's map cells; a fixed
-    :class:`keras.layers.Rescaling` (``head_landmarks``) maps them to the image. :func:`task_outputs`
-    gives back the model without it (the points stay features of the heads).
+def landmark_grid(model: keras.Model) -> tuple:
+    """Where the cells of the regions model's landmark maps lie on the image: ``(x, y)``, float32 arrays
+    of shape (W,) and (H,) of cell-centre coordinates in fractions of the image side.
+
+    Cell j of the eye band's map pooled s times covers crop pixels ``2^s j .. 2^s (j + 1) - 1``, so its
+    centre is ``left + 2^s (j + 1/2)`` pixels from the image's left edge (continuous coordinates).
 
     Raises:
         ConfigError: the model has no supervised points.
     """
-    from .data.pipeline import LANDMARK_KEY
+    import numpy as np
 
     try:
-        points = model.get_layer(f"{HEAD_PREFIX}eyes_landmarks")
+        maps = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps")
     except ValueError:
         raise ConfigError("Landmark targets need the regions approach built with landmarks (--landmark-weight "
                           "builds them). Fix: --approach regions, or drop --landmark-weight.") from None
-    _, rows, cols, count = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps").output.shape
+    _, rows, cols, _ = maps.output.shape
     size = int(model.inputs[0].shape[1])
-    top, left = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_COLS[0] * size))
-    # cell j of the 2x-pooled map covers crop pixels 2j and 2j + 1: its centre is at left + 2j + 1 px,
-    # and the soft arg-max's -1 .. 1 spans j = 0 .. cols - 1
-    scale = [(cols - 1) / size] * count + [(rows - 1) / size] * count
-    offset = [(left + cols) / size] * count + [(top + rows) / size] * count
+    top, bottom = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_ROWS[1] * size))
+    left, right = int(round(EYE_BAND_COLS[0] * size)), int(round(EYE_BAND_COLS[1] * size))
+    # each pooling halves the map, dropping an odd last row or column
+    step_y, step_x = (bottom - top) // rows, (right - left) // cols
+    return ((left + step_x * np.arange(cols) + step_x / 2) / size).astype("float32"), \
+        ((top + step_y * np.arange(rows) + step_y / 2) / size).astype("float32")
+
+
+def with_landmark_outputs(model: keras.Model) -> keras.Model:
+    """``model`` (the regions approach built with ``extra["landmarks"]`` P) with two more outputs for
+    :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s landmark terms: :data:`~icao_mtl.data.LANDMARK_KEY`
+    -> (batch, 2P), the points' ``x_1 .. x_P, y_1 .. y_P`` in fractions of the image side (the soft
+    arg-max's -1 .. 1 over the cell centres of :func:`landmark_grid`, mapped by a fixed
+    :class:`keras.layers.Rescaling`, ``head_landmarks``), and :data:`~icao_mtl.data.LANDMARK_MAPS_KEY`
+    -> (batch, H, W, P), the maps' logits (trained as heat maps: a soft arg-max alone learns where a
+    point is slowly, its gradient spread over 1,404 cells). :func:`task_outputs` gives back the model
+    without them (the points stay features of the heads).
+
+    Raises:
+        ConfigError: the model has no supervised points.
+    """
+    from .data.pipeline import LANDMARK_KEY, LANDMARK_MAPS_KEY
+
+    xs, ys = landmark_grid(model)
+    maps = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps")
+    count = int(maps.output.shape[-1])
+    scale = [float(xs[-1] - xs[0]) / 2] * count + [float(ys[-1] - ys[0]) / 2] * count
+    offset = [float(xs[-1] + xs[0]) / 2] * count + [float(ys[-1] + ys[0]) / 2] * count
     outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
     outputs[LANDMARK_KEY] = keras.layers.Rescaling(scale, offset, name=f"{HEAD_PREFIX}landmarks", dtype="float32")(
-        points.output)
+        model.get_layer(f"{HEAD_PREFIX}eyes_landmarks").output)
+    outputs[LANDMARK_MAPS_KEY] = keras.layers.Activation("linear", name=f"{HEAD_PREFIX}landmark_logits",
+                                                         dtype="float32")(maps.output)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 

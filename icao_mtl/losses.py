@@ -114,9 +114,14 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
         delta: the Huber loss's delta, in units of the targets (standard deviations; ``pose_scale``).
         pose_weight: factor of the pose term (0: none).
         pose_scale: degrees per unit of the pose output (10: the 8-degree threshold is 0.8).
-        landmark_weight: factor of the landmark term (0: none): the Huber loss of the points'
+        landmark_weight: factor of the landmark terms (0: none): the Huber loss of the points'
             coordinates (:data:`~icao_mtl.data.LANDMARK_KEY`, fractions of the side) in units of
-            ``landmark_scale`` of the side (0.01: 2.2 px at 224 px), per coordinate, summed.
+            ``landmark_scale`` of the side (0.01: 2.2 px at 224 px), per coordinate, summed; and, given
+            ``landmark_grid`` and the maps' logits (:data:`~icao_mtl.data.LANDMARK_MAPS_KEY`), the
+            cross-entropy of each map's softmax against a Gaussian of one cell's width around its
+            point, summed over the points.
+        landmark_grid: ``(x, y)`` cell centres of the maps in fractions of the side
+            (:func:`icao_mtl.architectures.landmark_grid`).
 
     Returns, from a call: ``(ce + severity_weight * severity + pose_weight * pose + landmark_weight *
     landmarks, logs)``; ``logs["loss"]`` is the classification loss alone (what the progress line,
@@ -127,7 +132,7 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
 
     def __init__(self, tasks, weights: float | dict = 1.0, severity_weight: float = 1.0, delta: float = 1.0,
                  pose_weight: float = 0.0, pose_scale: float = 10.0, landmark_weight: float = 0.0,
-                 landmark_scale: float = 0.01):
+                 landmark_scale: float = 0.01, landmark_grid=None):
         super().__init__(tasks, weights)
         self.severity_weight = float(severity_weight)
         self.delta = float(delta)
@@ -135,9 +140,11 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
         self.pose_scale = float(pose_scale)
         self.landmark_weight = float(landmark_weight)
         self.landmark_scale = float(landmark_scale)
+        self.landmark_grid = None if landmark_grid is None else tuple(
+            tf.constant(g, tf.float32) for g in landmark_grid)
 
     def __call__(self, labels: dict, outputs: dict):
-        from .data.pipeline import LANDMARK_KEY, POSE_KEY, SEVERITY_KEY
+        from .data.pipeline import LANDMARK_KEY, LANDMARK_MAPS_KEY, POSE_KEY, SEVERITY_KEY
 
         loss, logs = super().__call__(labels, outputs)
         total = loss
@@ -155,9 +162,37 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
                                   tf.cast(labels[LANDMARK_KEY], tf.float32) / self.landmark_scale, self.delta)
             total += self.landmark_weight * marks
             logs = {**logs, "landmark_loss": marks}
+            if self.landmark_grid is not None and LANDMARK_MAPS_KEY in outputs:
+                heat = self._heat_map_loss(outputs[LANDMARK_MAPS_KEY], labels[LANDMARK_KEY])
+                total += self.landmark_weight * heat
+                logs = {**logs, "landmark_map_loss": heat}
         if total is loss:
             return loss, logs
         return total, {**logs, "loss": loss}
+
+
+    def _heat_map_loss(self, logits, target):
+        """Cross-entropy of each map's softmax (logits (B, H, W, P)) against a Gaussian of one cell's
+        width around its point (target (B, 2P): x's then y's, fractions of the side), averaged over the
+        known points of the global batch and summed over the points."""
+        xs, ys = self.landmark_grid
+        logits = tf.cast(logits, tf.float32)
+        b, h, w, p = (tf.shape(logits)[k] for k in range(4))
+        target = tf.cast(target, tf.float32)
+        count = target.shape[-1] // 2
+        tx, ty = target[:, :count], target[:, count:]
+        known = tf.math.is_finite(tx) & tf.math.is_finite(ty)
+        tx, ty = tf.where(known, tx, 0.0), tf.where(known, ty, 0.0)
+        sigma = xs[1] - xs[0]
+        gx = tf.exp(-tf.square(xs[None, None, :] - tx[..., None]) / (2 * sigma * sigma))  # (B, P, W)
+        gy = tf.exp(-tf.square(ys[None, None, :] - ty[..., None]) / (2 * sigma * sigma))  # (B, P, H)
+        dist = gy[..., :, None] * gx[..., None, :]  # (B, P, H, W)
+        dist = tf.reshape(dist, [b, p, h * w])
+        dist = dist / tf.maximum(tf.reduce_sum(dist, -1, keepdims=True), 1e-12)
+        logp = tf.nn.log_softmax(tf.reshape(tf.transpose(logits, [0, 3, 1, 2]), [b, p, h * w]), axis=-1)
+        ce = -tf.reduce_sum(dist * logp, axis=-1)  # (B, P)
+        mask = tf.cast(known, tf.float32)
+        return tf.reduce_sum(tf.reduce_sum(ce * mask, 0) / tf.maximum(_global_sum(tf.reduce_sum(mask, 0)), 1.0))
 
 
 def severity_targets(ds, reference=None, clip: float = 4.0):

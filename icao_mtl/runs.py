@@ -249,8 +249,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     """
     import keras
 
-    from .architectures import (POSE_ANCHOR, build_model, task_outputs, with_landmark_outputs, with_pose_outputs,
-                                with_severity_outputs)
+    from .architectures import (POSE_ANCHOR, build_model, landmark_grid, task_outputs, with_landmark_outputs,
+                                with_pose_outputs, with_severity_outputs)
     from .backbones import set_backbone_trainable
     from .losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
     from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
@@ -311,7 +311,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
             if cfg.severity_weight or cfg.pose_weight or cfg.landmark_weight:
                 loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight,
-                                           pose_weight=cfg.pose_weight, landmark_weight=cfg.landmark_weight)
+                                           pose_weight=cfg.pose_weight, landmark_weight=cfg.landmark_weight,
+                                           landmark_grid=landmark_grid(model) if cfg.landmark_weight else None)
             else:
                 loss = MaskedMultiTaskLoss(model_tasks, weight)
             engine = Engine(model, model_tasks, optimizer=opt, loss=loss,

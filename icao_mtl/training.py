@@ -87,7 +87,7 @@ CHECKPOINT_FORMAT = 2
 
 #: Log names that are sums over replicas (the loss is normalised by the global batch); every other
 #: scalar a loss returns is a per-replica statistic and is averaged over replicas.
-_SUMMED_LOGS = ("loss", "ce", "n", "correct", "nonfinite", "severity_loss", "pose_loss", "landmark_loss")
+_SUMMED_LOGS = ("loss", "ce", "n", "correct", "nonfinite", "severity_loss", "pose_loss", "landmark_loss", "landmark_map_loss")
 
 #: Validation scores whose range (max - min) is below this on every task: the model says the same
 #: thing for every image.

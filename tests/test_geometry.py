@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from icao_mtl import data
-from icao_mtl.data import LANDMARK_KEY, POSE_KEY, read_dataset
+from icao_mtl.data import LANDMARK_KEY, LANDMARK_MAPS_KEY, POSE_KEY, read_dataset
 from icao_mtl.data.pipeline import _affine_params, apply_affine, augment_config, move_landmarks, turn_pose
 from icao_mtl.losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
 from icao_mtl.synth import SynthConfig, generate, portrait_landmarks, sample_portrait
@@ -154,6 +154,33 @@ def test_the_pose_term_is_the_huber_loss_in_tens_of_degrees_over_known_angles():
     assert float(loss) == pytest.approx(float(plain)) and "pose_loss" not in logs
 
 
+def test_the_heat_map_term_is_the_cross_entropy_to_a_gaussian_of_one_cell_around_each_known_point():
+    rng = np.random.default_rng(0)
+    xs, ys = np.linspace(0.3, 0.7, 6).astype("float32"), np.linspace(0.3, 0.5, 4).astype("float32")
+    logits = rng.normal(0, 2, (3, 4, 6, 2)).astype("float32")  # (batch, H, W, points)
+    target = np.array([[0.41, 0.55, 0.33, 0.47], [0.62, 0.38, 0.45, 0.31], [np.nan, 0.5, np.nan, 0.4]], "float32")
+    fn = GradedMultiTaskLoss(("rotation",), 0.1, landmark_weight=0.2, landmark_grid=(xs, ys))
+    labels = {"rotation": tf.constant([1, 0, 1]), LANDMARK_KEY: tf.constant(target)}
+    outputs = {"rotation": tf.constant([[0.3, 0.7]] * 3), LANDMARK_KEY: tf.constant(np.full((3, 4), 0.5, "float32")),
+               LANDMARK_MAPS_KEY: tf.constant(logits)}
+    _, logs = fn(labels, outputs)
+    sigma = xs[1] - xs[0]
+    expected = 0.0
+    for k in range(2):
+        ces = []
+        for i in range(3):
+            tx, ty = target[i, k], target[i, 2 + k]
+            if np.isnan(tx):
+                continue
+            dist = np.exp(-((ys[:, None] - ty) ** 2 + (xs[None, :] - tx) ** 2) / (2 * sigma ** 2))
+            dist /= dist.sum()
+            z = logits[i, :, :, k]
+            logp = z - np.log(np.exp(z - z.max()).sum()) - z.max()
+            ces.append(-(dist * logp).sum())
+        expected += np.mean(ces)
+    assert float(logs["landmark_map_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_run_with_pose_learns_the_angles_and_saves_a_model_of_the_tasks_only(tmp_path, synth_small):
     import icao_mtl
     from icao_mtl import train
@@ -177,8 +204,8 @@ def test_a_run_with_pose_learns_the_angles_and_saves_a_model_of_the_tasks_only(t
 def test_landmark_outputs_place_the_soft_argmax_on_the_eye_band_of_the_image():
     import keras
 
-    from icao_mtl.architectures import (EYE_BAND_COLS, EYE_BAND_ROWS, ModelConfig, build_model, task_outputs,
-                                        with_landmark_outputs)
+    from icao_mtl.architectures import (EYE_BAND_COLS, EYE_BAND_ROWS, ModelConfig, build_model, landmark_grid,
+                                        task_outputs, with_landmark_outputs)
 
     size = 224
     model = build_model(ModelConfig(approach="regions", image_size=size, extra={"landmarks": 4}), ("rotation",))
@@ -191,13 +218,17 @@ def test_landmark_outputs_place_the_soft_argmax_on_the_eye_band_of_the_image():
     top, bottom = round(EYE_BAND_ROWS[0] * size), round(EYE_BAND_ROWS[1] * size)
     left, right = round(EYE_BAND_COLS[0] * size), round(EYE_BAND_COLS[1] * size)
     np.testing.assert_allclose(points[:, :4], (left + right) / 2 / size, atol=0.5 / size)
-    np.testing.assert_allclose(points[:, 4:], (top + bottom) / 2 / size, atol=0.5 / size)
-    # the soft arg-max's -1 and 1 are the centres of the first and last cells (2 px each at 224 px)
-    to_image = trained.get_layer("head_landmarks")
-    ends = to_image(np.array([[-1.0] * 8, [1.0] * 8], "float32")).numpy()
-    np.testing.assert_allclose(ends[0, 0], (left + 1) / size, rtol=1e-6)
-    np.testing.assert_allclose(ends[1, 0], (left + 2 * 51 + 1) / size, rtol=1e-6)  # 52 cells across 104 px
-    np.testing.assert_allclose(ends[0, 4], (top + 1) / size, rtol=1e-6)
+    np.testing.assert_allclose(points[:, 4:], (top + 52 / 2) / size, atol=0.5 / size)  # the 52 rows the map covers
+    # the soft arg-max's -1 and 1 are the centres of the first and last cells (4 px each at 224 px:
+    # 26 across the band's 104 px, 13 down its 54, the last 2 rows dropped by the poolings)
+    xs, ys = landmark_grid(trained)
+    assert xs.shape == (26,) and ys.shape == (13,)
+    np.testing.assert_allclose(xs[[0, -1]], [(left + 2) / size, (left + 4 * 25 + 2) / size], rtol=1e-6)
+    np.testing.assert_allclose(ys[[0, -1]], [(top + 2) / size, (top + 4 * 12 + 2) / size], rtol=1e-6)
+    ends = trained.get_layer("head_landmarks")(np.array([[-1.0] * 8, [1.0] * 8], "float32")).numpy()
+    np.testing.assert_allclose(ends[:, 0], xs[[0, -1]], rtol=1e-6)
+    np.testing.assert_allclose(ends[:, 4], ys[[0, -1]], rtol=1e-6)
+    assert trained.output[LANDMARK_MAPS_KEY].shape[1:] == (13, 26, 4)
     assert task_outputs(trained, ("rotation",)).output_names == ["rotation"]
     with pytest.raises(Exception, match="regions approach built with landmarks"):
         with_landmark_outputs(build_model(ModelConfig(approach="hc2", image_size=64), ("rotation",)))
@@ -214,6 +245,7 @@ def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small)
                        "--lr", "3e-3", "--out", str(out)]) == 0
     history = json.loads((out / "history.json").read_text())["regions"]
     assert history[-1]["landmark_loss"] < 0.6 * history[0]["landmark_loss"]
+    assert history[-1]["landmark_map_loss"] < history[0]["landmark_map_loss"]
     model = icao_mtl.load_model(out / "model.keras")
     assert sorted(model.output_names) == ["eyes_closed", "rotation"]
     assert model.get_layer("head_eyes_landmarks") is not None  # the points stay features of the heads

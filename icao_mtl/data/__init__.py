@@ -20,11 +20,11 @@ from pathlib import Path
 
 from .manifest import (IMAGE_EXTENSIONS, LANDMARK_COLUMNS, LANDMARK_POINTS, POSE_AXES, SPLIT_NAMES, ColumnMapping, DatasetError, LabeledDataset, ReadReport,
                        read_dataset)
-from .pipeline import AUGMENT_PRESETS, LANDMARK_KEY, POSE_KEY, SEVERITY_KEY, AugmentConfig, ImagePipeline, SplitView, augment_config
+from .pipeline import AUGMENT_PRESETS, LANDMARK_KEY, LANDMARK_MAPS_KEY, POSE_KEY, SEVERITY_KEY, AugmentConfig, ImagePipeline, SplitView, augment_config
 from .splits import DEFAULT_FRACTIONS, SplitReport, Splits, split_dataset, stratified_split, with_extra_training
 
 __all__ = ["AUGMENT_PRESETS", "AugmentConfig", "ColumnMapping", "DEFAULT_FRACTIONS", "DatasetError",
-           "IMAGE_EXTENSIONS", "ImagePipeline", "LANDMARK_COLUMNS", "LANDMARK_KEY", "LANDMARK_POINTS", "LabeledDataset", "NAMED_SETS", "POSE_AXES", "POSE_KEY", "ReadReport",
+           "IMAGE_EXTENSIONS", "ImagePipeline", "LANDMARK_COLUMNS", "LANDMARK_KEY", "LANDMARK_MAPS_KEY", "LANDMARK_POINTS", "LabeledDataset", "NAMED_SETS", "POSE_AXES", "POSE_KEY", "ReadReport",
            "SPLIT_NAMES",
            "SEVERITY_KEY", "SplitReport", "SplitView", "Splits", "augment_config", "load", "read_dataset", "resolve", "split_dataset",
            "with_extra_training",

@@ -32,6 +32,8 @@ SEVERITY_KEY = "_severity"
 POSE_KEY = "_pose"
 #: The labels' key of the landmark targets (x's then y's, fractions of the side); never a task id.
 LANDMARK_KEY = "_landmarks"
+#: The key of a model's landmark heat-map logits (an output only; the labels hold the points).
+LANDMARK_MAPS_KEY = "_landmark_maps"
 
 
 @dataclass(frozen=True)
