@@ -309,6 +309,39 @@ class CoordinateChannels(keras.layers.Layer):
         return (*input_shape[:-1], input_shape[-1] + 2)
 
 
+@keras.saving.register_keras_serializable(package="icao_mtl")
+class FaceGeometry(keras.layers.Layer):
+    """The head's roll and yaw read from four located points, as a face checker measures them.
+
+    Input (batch, 8): soft arg-max coordinates ``x_1 .. x_4, y_1 .. y_4`` in [-1, 1] of a map whose
+    first and last cell centres lie ``x_extent`` and ``y_extent`` pixels from its centre, the points
+    being the left eye, the right eye, the face's left edge and its right edge. Output (batch, 4):
+    the roll (the eye line's angle, radians x 5: the 8-degree threshold is 0.7), the yaw ratio (the
+    eyes' midpoint from the edges' midpoint, in face widths, x 10), and their absolute values (the
+    requisite is a threshold on the size of the angle, whichever its sign). A dense head can weigh
+    these; a ratio or an arc tangent of raw coordinates it would have to learn.
+    """
+
+    def __init__(self, x_extent: float, y_extent: float, **kwargs):
+        super().__init__(**kwargs)
+        self.x_extent, self.y_extent = float(x_extent), float(y_extent)
+
+    def get_config(self):
+        return {**super().get_config(), "x_extent": self.x_extent, "y_extent": self.y_extent}
+
+    def call(self, coords):
+        ops = keras.ops
+        c = ops.cast(coords, "float32")
+        x, y = c[:, 0:4] * self.x_extent, c[:, 4:8] * self.y_extent
+        roll = ops.arctan2(y[:, 1] - y[:, 0], x[:, 1] - x[:, 0]) * 5.0
+        width = ops.maximum(x[:, 3] - x[:, 2], 1.0)
+        yaw = ((x[:, 0] + x[:, 1]) / 2 - (x[:, 2] + x[:, 3]) / 2) / width * 10.0
+        return ops.stack([roll, yaw, ops.abs(roll), ops.abs(yaw)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 4)
+
+
 def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     """The ``regions`` approach: what a requisite concerns decides the resolution it is seen at.
 
@@ -326,9 +359,10 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
       flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
       roll and yaw move by a few pixels;
-    - with ``extra["landmarks"]`` P > 0, P supervised points on the eye band's 27 x 52 map (with its
+    - with ``extra["landmarks"]`` P > 0, P supervised points on the eye band's 13 x 26 map (with its
       cells' coordinates, :class:`CoordinateChannels`: the left eye looks like the right one; a 1x1
-      convolution to P maps, then :class:`SpatialSoftArgmax`), whose coordinates join the features;
+      convolution to P maps, then :class:`SpatialSoftArgmax`), whose coordinates join the features,
+      and for the synthetic set's four points the roll and yaw they show (:class:`FaceGeometry`);
       :func:`with_landmark_outputs` adds them as an output in fractions of the side, to be trained
       against known landmarks (the synthetic set's eye centres and face edges: roll tilts the line
       between the eyes, yaw moves the eyes between the face's edges);
@@ -379,7 +413,14 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         # of every head, and with_landmark_outputs trains them against the renderer's landmarks
         located = CoordinateChannels(name=f"{HEAD_PREFIX}eyes_coordinates")(eye_wide)
         maps = keras.layers.Conv2D(landmarks, 1, name=f"{HEAD_PREFIX}eyes_landmark_maps")(located)
-        parts.append(SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}eyes_landmarks")(maps))
+        points = SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}eyes_landmarks")(maps)
+        parts.append(points)
+        if landmarks == 4:  # the eyes and the face's edges: roll and yaw as a checker measures them
+            rows, cols = int(maps.shape[1]), int(maps.shape[2])
+            step_y = (int(round(EYE_BAND_ROWS[1] * size)) - top) // rows
+            step_x = (int(round(EYE_BAND_COLS[1] * size)) - left) // cols
+            parts.append(FaceGeometry((cols - 1) * step_x / 2, (rows - 1) * step_y / 2,
+                                      name=f"{HEAD_PREFIX}face_geometry")(points))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)

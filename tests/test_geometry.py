@@ -235,6 +235,22 @@ def test_landmark_outputs_place_the_soft_argmax_on_the_eye_band_of_the_image():
     assert isinstance(trained, keras.Model)
 
 
+def test_face_geometry_reads_roll_and_yaw_from_the_points():
+    from icao_mtl.architectures import FaceGeometry
+
+    layer = FaceGeometry(x_extent=50.0, y_extent=24.0)
+    # eyes at x = -15 and +15 px, the right one 4 px lower; edges at -45 and +45 px: roll only
+    eyes_y = np.array([-2.0, 2.0]) / 24.0
+    level = np.array([[-15, 15, -45, 45]], "float32") / 50.0
+    out = layer(np.concatenate([level, [[*eyes_y, 0.0, 0.0]]], 1).astype("float32")).numpy()[0]
+    assert out[0] == pytest.approx(math.atan2(4.0, 30.0) * 5, rel=1e-5) and out[1] == pytest.approx(0.0, abs=1e-6)
+    # the eyes 4.5 px to the left between the edges (a tenth of the face's half-width): yaw, no roll
+    shifted = np.array([[-19.5, 10.5, -45, 45]], "float32") / 50.0
+    out = layer(np.concatenate([shifted, np.zeros((1, 4))], 1).astype("float32")).numpy()[0]
+    assert out[0] == pytest.approx(0.0, abs=1e-6) and out[1] == pytest.approx(-4.5 / 90 * 10, rel=1e-5)
+    assert out[3] == pytest.approx(abs(out[1]))  # the size of the angle, whichever the side
+
+
 def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small):
     import icao_mtl
     from icao_mtl import train
