@@ -17,7 +17,7 @@ def _files(root):
 def test_same_seed_gives_identical_bytes_for_any_worker_count(tmp_path):
     a = generate(tmp_path / "a", SynthConfig(n=24, size=64, seed=5), workers=1, progress=False)
     b = generate(tmp_path / "b", SynthConfig(n=24, size=64, seed=5), workers=2, progress=False)
-    assert _files(a) == _files(b) and len(_files(a)) == 24 + 6  # images, 5 tables, the contact sheet
+    assert _files(a) == _files(b) and len(_files(a)) == 24 + 7  # images, 6 tables, the contact sheet
     for rel in _files(a):
         assert filecmp.cmp(a / rel, b / rel, shallow=False), rel
 
