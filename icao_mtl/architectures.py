@@ -233,6 +233,12 @@ def hc3_head(features, tasks, groups, cfg: ModelConfig):
 #: small shifts of training augmentation and of alignment errors.
 EYE_BAND_ROWS = (0.29, 0.53)
 EYE_BAND_COLS = (0.27, 0.73)
+def eye_band_box(size: int) -> tuple[int, int, int, int]:
+    """The eye band's ``(top, bottom, left, right)`` in pixels of a ``size``-px input."""
+    return (int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_ROWS[1] * size)),
+            int(round(EYE_BAND_COLS[0] * size)), int(round(EYE_BAND_COLS[1] * size)))
+
+
 #: Input side of the regions approach when none is given (the synthetic set's resolution).
 REGIONS_DEFAULT_SIZE = 224
 #: Input side above which the whole-image branch of the small CNN reads a 2x average-pooled image.
@@ -386,8 +392,7 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     g_map = keras.layers.Conv2D(8, 1, activation="relu", name=f"{HEAD_PREFIX}global_layout")(fmap)
     g_map = keras.layers.Flatten(name=f"{HEAD_PREFIX}global_layout_flat")(g_map)
 
-    top, bottom = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_ROWS[1] * size))
-    left, right = int(round(EYE_BAND_COLS[0] * size)), int(round(EYE_BAND_COLS[1] * size))
+    top, bottom, left, right = eye_band_box(size)
     # The eye branch is part of the head (HEAD_PREFIX): it trains even when a pretrained backbone is frozen.
     e = keras.layers.Cropping2D(((top, size - bottom), (left, size - right)), name=f"{HEAD_PREFIX}eyes_crop")(inputs)
     e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess")(e)
@@ -417,8 +422,7 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         parts.append(points)
         if landmarks == 4:  # the eyes and the face's edges: roll and yaw as a checker measures them
             rows, cols = int(maps.shape[1]), int(maps.shape[2])
-            step_y = (int(round(EYE_BAND_ROWS[1] * size)) - top) // rows
-            step_x = (int(round(EYE_BAND_COLS[1] * size)) - left) // cols
+            step_y, step_x = (bottom - top) // rows, (right - left) // cols
             parts.append(FaceGeometry((cols - 1) * step_x / 2, (rows - 1) * step_y / 2,
                                       name=f"{HEAD_PREFIX}face_geometry")(points))
     if cfg.extra.get("eye_layout", True):
@@ -525,8 +529,7 @@ def landmark_grid(model: keras.Model) -> tuple:
                           "builds them). Fix: --approach regions, or drop --landmark-weight.") from None
     _, rows, cols, _ = maps.output.shape
     size = int(model.inputs[0].shape[1])
-    top, bottom = int(round(EYE_BAND_ROWS[0] * size)), int(round(EYE_BAND_ROWS[1] * size))
-    left, right = int(round(EYE_BAND_COLS[0] * size)), int(round(EYE_BAND_COLS[1] * size))
+    top, bottom, left, right = eye_band_box(size)
     # each pooling halves the map, dropping an odd last row or column
     step_y, step_x = (bottom - top) // rows, (right - left) // cols
     return ((left + step_x * np.arange(cols) + step_x / 2) / size).astype("float32"), \

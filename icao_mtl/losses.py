@@ -76,17 +76,21 @@ class MaskedMultiTaskLoss:
         return loss, {"ce": ce_sum, "n": n, "correct": correct}
 
 
+def _column_means_summed(values, mask):
+    """``values`` (batch, k) averaged per column over the rows where ``mask`` (batch, k) is 1, in the
+    global batch under ``tf.distribute``, then summed over the k columns."""
+    return tf.reduce_sum(tf.reduce_sum(values * mask, axis=0) / tf.maximum(_global_sum(tf.reduce_sum(mask, axis=0)),
+                                                                           1.0))
+
+
 def _masked_huber(pred, target, delta: float):
     """Huber loss of ``pred`` against ``target`` (both (batch, k)), averaged per column over the known
     (finite) targets of the global batch and summed over the k columns."""
     target = tf.cast(target, tf.float32)
     known = tf.math.is_finite(target)
-    mask = tf.cast(known, tf.float32)
     err = tf.abs(tf.cast(pred, tf.float32) - tf.where(known, target, 0.0))
     quad = tf.minimum(err, delta)
-    huber = 0.5 * quad * quad + delta * (err - quad)
-    return tf.reduce_sum(tf.reduce_sum(huber * mask, axis=0) / tf.maximum(_global_sum(tf.reduce_sum(mask, axis=0)),
-                                                                           1.0))
+    return _column_means_summed(0.5 * quad * quad + delta * (err - quad), tf.cast(known, tf.float32))
 
 
 class GradedMultiTaskLoss(MaskedMultiTaskLoss):
@@ -170,7 +174,6 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
             return loss, logs
         return total, {**logs, "loss": loss}
 
-
     def _heat_map_loss(self, logits, target):
         """Cross-entropy of each map's softmax (logits (B, H, W, P)) against a Gaussian of one cell's
         width around its point (target (B, 2P): x's then y's, fractions of the side), averaged over the
@@ -191,8 +194,7 @@ class GradedMultiTaskLoss(MaskedMultiTaskLoss):
         dist = dist / tf.maximum(tf.reduce_sum(dist, -1, keepdims=True), 1e-12)
         logp = tf.nn.log_softmax(tf.reshape(tf.transpose(logits, [0, 3, 1, 2]), [b, p, h * w]), axis=-1)
         ce = -tf.reduce_sum(dist * logp, axis=-1)  # (B, P)
-        mask = tf.cast(known, tf.float32)
-        return tf.reduce_sum(tf.reduce_sum(ce * mask, 0) / tf.maximum(_global_sum(tf.reduce_sum(mask, 0)), 1.0))
+        return _column_means_summed(ce, tf.cast(known, tf.float32))
 
 
 def severity_targets(ds, reference=None, clip: float = 4.0):
