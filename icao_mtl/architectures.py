@@ -26,6 +26,8 @@ from .backbones import HEAD_PREFIX, Preprocess, build_backbone, check_image_size
 from .errors import ConfigError
 
 ARCHITECTURES: dict[str, Callable] = {}
+#: The task whose head the pose serves (:func:`with_pose_outputs`; the regions model's geometry branch).
+POSE_ANCHOR = "rotation"
 
 # Handcrafted 3, per group in order: convolutions of the group block and dense layers per task.
 HC3_GROUP_CONVS = (3, 4, 4, 3)
@@ -315,37 +317,45 @@ class CoordinateChannels(keras.layers.Layer):
         return (*input_shape[:-1], input_shape[-1] + 2)
 
 
-@keras.saving.register_keras_serializable(package="icao_mtl")
-class FaceGeometry(keras.layers.Layer):
-    """The head's roll and yaw read from four located points, as a face checker measures them.
+#: Side in pixels at which the regions model's geometry branch reads the whole image.
+GEOMETRY_SIDE = 112
 
-    Input (batch, 8): soft arg-max coordinates ``x_1 .. x_4, y_1 .. y_4`` in [-1, 1] of a map whose
-    first and last cell centres lie ``x_extent`` and ``y_extent`` pixels from its centre, the points
-    being the left eye, the right eye, the face's left edge and its right edge. Output (batch, 4):
-    the roll (the eye line's angle, radians x 5: the 8-degree threshold is 0.7), the yaw ratio (the
-    eyes' midpoint from the edges' midpoint, in face widths, x 10), and their absolute values (the
-    requisite is a threshold on the size of the angle, whichever its sign). A dense head can weigh
-    these; a ratio or an arc tangent of raw coordinates it would have to learn.
+
+def _geometry_branch(inputs, size: int, points: int):
+    """The regions model's geometry branch: where ``points`` landmarks lie, and the head pose they show.
+
+    The whole image, average-pooled to about :data:`GEOMETRY_SIDE` px, through four 3x3 conv-BN-ReLU
+    layers of its own (16, 32, 48, 48 filters; max pooling after the first two; the cells' coordinates
+    before the last, :class:`CoordinateChannels`) to a map of 8-px cells (28 x 28 at 224 px); a 1x1
+    convolution to one map per point (``head_geometry_landmark_maps``, trained as heat maps) and a
+    :class:`SpatialSoftArgmax` (``head_geometry_landmarks``, (batch, 2P) in [-1, 1]); from the points'
+    coordinates, D(64) -> D(64) -> D(3) ``head_geometry_pose``, the signed roll, yaw and pitch in units
+    of 10 degrees. Roll, yaw and pitch are functions of where the inner features (eyes, nose, mouth)
+    lie against the head's outline (cheeks, chin): a few coordinates, where from pooled appearance
+    features they are a few pixels of shift among thousands of values.
+
+    Returns the pose's positive and negative parts, (batch, 6): the ``rotation`` head reads them (its
+    label is a threshold on the largest absolute angle).
     """
-
-    def __init__(self, x_extent: float, y_extent: float, **kwargs):
-        super().__init__(**kwargs)
-        self.x_extent, self.y_extent = float(x_extent), float(y_extent)
-
-    def get_config(self):
-        return {**super().get_config(), "x_extent": self.x_extent, "y_extent": self.y_extent}
-
-    def call(self, coords):
-        ops = keras.ops
-        c = ops.cast(coords, "float32")
-        x, y = c[:, 0:4] * self.x_extent, c[:, 4:8] * self.y_extent
-        roll = ops.arctan2(y[:, 1] - y[:, 0], x[:, 1] - x[:, 0]) * 5.0
-        width = ops.maximum(x[:, 3] - x[:, 2], 1.0)
-        yaw = ((x[:, 0] + x[:, 1]) / 2 - (x[:, 2] + x[:, 3]) / 2) / width * 10.0
-        return ops.stack([roll, yaw, ops.abs(roll), ops.abs(yaw)], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 4)
+    pool = max(1, size // GEOMETRY_SIDE)
+    g = keras.layers.AveragePooling2D(pool, name=f"{HEAD_PREFIX}geometry_pool")(inputs) if pool > 1 else inputs
+    g = Preprocess("unit", name=f"{HEAD_PREFIX}geometry_preprocess")(g)
+    for i, filters in enumerate((16, 32, 48, 48)):
+        if i == 3:
+            g = CoordinateChannels(name=f"{HEAD_PREFIX}geometry_coordinates")(g)
+        g = conv_bn_relu(g, filters, f"{HEAD_PREFIX}geometry_block{i}")
+        if i < 2:
+            g = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}geometry_block{i}_pool")(g)
+    maps = keras.layers.Conv2D(points, 1, name=f"{HEAD_PREFIX}geometry_landmark_maps")(g)
+    located = SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}geometry_landmarks")(maps)
+    h = located
+    for j in range(2):
+        h = keras.layers.Dense(64, activation="relu", name=f"{HEAD_PREFIX}geometry_dense_{j + 1}")(h)
+    pose = keras.layers.Dense(3, name=f"{HEAD_PREFIX}geometry_pose", dtype="float32")(h)
+    turned_back = keras.layers.Rescaling(-1.0, name=f"{HEAD_PREFIX}geometry_pose_negated")(pose)
+    return keras.layers.Concatenate(name=f"{HEAD_PREFIX}geometry_pose_parts")(
+        [keras.layers.ReLU(name=f"{HEAD_PREFIX}geometry_pose_positive")(pose),
+         keras.layers.ReLU(name=f"{HEAD_PREFIX}geometry_pose_negative")(turned_back)])
 
 
 def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
@@ -365,13 +375,12 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       max-pooled, and (``extra["eye_layout"]``, default on) a 1x1 convolution to 4 channels kept as a
       flattened 6 x 13 map (at 224 px): the eyes' positions against the cheeks' edges, which head
       roll and yaw move by a few pixels;
-    - with ``extra["landmarks"]`` P > 0, P supervised points on the eye band's 13 x 26 map (with its
-      cells' coordinates, :class:`CoordinateChannels`: the left eye looks like the right one; a 1x1
-      convolution to P maps, then :class:`SpatialSoftArgmax`), whose coordinates join the features,
-      and for the synthetic set's four points the roll and yaw they show (:class:`FaceGeometry`);
-      :func:`with_landmark_outputs` adds them as an output in fractions of the side, to be trained
-      against known landmarks (the synthetic set's eye centres and face edges: roll tilts the line
-      between the eyes, yaw moves the eyes between the face's edges);
+    - with ``extra["landmarks"]`` P > 0, a geometry branch of its own (:func:`_geometry_branch`): P
+      supervised points located on the whole image (the synthetic set's seven: eyes, cheeks, nose,
+      mouth, chin) and the signed head pose computed from them; the ``rotation`` head reads that pose
+      instead of the appearance features. :func:`with_landmark_outputs` and :func:`with_pose_outputs`
+      expose the points and the pose for training against ``landmarks.csv`` and ``pose.csv``. The
+      branch shares no layer with the others, so its targets take no capacity from them;
     - with ``extra["keypoints"]`` K > 0, K learnt keypoints in each branch (a 1x1 convolution to K
       maps, then :class:`SpatialSoftArgmax`): on the whole-image map and on the eye band's 27 x 52
       map (at 224 px), their coordinates to a fraction of a cell (pose, gaze, where the rims sit).
@@ -381,7 +390,7 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     branch's layers are head layers (``head_eyes_*``): they train when a pretrained backbone is
     frozen, and Grad-CAM explains the whole-image branch.
 
-    Shapes at 224 px: eye band 54 x 104 px; whole-image map 7 x 7 x 128.
+    Shapes at 224 px: eye band 54 x 104 px; whole-image map 7 x 7 x 128; geometry maps 28 x 28 x P.
     """
     size = cfg.resolved_size()
     inputs = keras.Input((size, size, 3), name="image")
@@ -400,8 +409,6 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
         if i == 2:
             eye_fine = e  # 27 x 52 at 224 px: the finest map with 48 features
-        if i == 3:
-            eye_wide = e  # 13 x 26 at 224 px: each cell sees about 30 px, a whole eye
         if i >= 1:
             e = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}eyes_block{i}_pool")(e)
     parts = [g_avg, g_max, g_map,
@@ -412,25 +419,14 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
         for where, fmap_k in (("global", fmap), ("eyes", eye_fine)):
             maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps")(fmap_k)
             parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints")(maps))
-    landmarks = int(cfg.extra.get("landmarks", 0))
-    if landmarks:
-        # supervised points (eye centres, the face's edges beside them): their coordinates are features
-        # of every head, and with_landmark_outputs trains them against the renderer's landmarks
-        located = CoordinateChannels(name=f"{HEAD_PREFIX}eyes_coordinates")(eye_wide)
-        maps = keras.layers.Conv2D(landmarks, 1, name=f"{HEAD_PREFIX}eyes_landmark_maps")(located)
-        points = SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}eyes_landmarks")(maps)
-        parts.append(points)
-        if landmarks == 4:  # the eyes and the face's edges: roll and yaw as a checker measures them
-            rows, cols = int(maps.shape[1]), int(maps.shape[2])
-            step_y, step_x = (bottom - top) // rows, (right - left) // cols
-            parts.append(FaceGeometry((cols - 1) * step_x / 2, (rows - 1) * step_y / 2,
-                                      name=f"{HEAD_PREFIX}face_geometry")(points))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)
         parts.append(keras.layers.Flatten(name=f"{HEAD_PREFIX}eyes_layout_flat")(e_map))
     joined = keras.layers.Concatenate(name=f"{HEAD_PREFIX}regions")(parts)
-    outputs = {t: _dense_branch(joined, t, 1) for t in tasks}
+    landmarks = int(cfg.extra.get("landmarks", 0))
+    pose = _geometry_branch(inputs, size, landmarks) if landmarks else None
+    outputs = {t: _dense_branch(pose if pose is not None and t == POSE_ANCHOR else joined, t, 1) for t in tasks}
     return keras.Model(inputs, outputs, name=f"regions_{cfg.backbone}")
 
 
@@ -482,18 +478,15 @@ def with_severity_outputs(model: keras.Model, tasks) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-#: The task whose head the pose regression shares (:func:`with_pose_outputs`).
-POSE_ANCHOR = "rotation"
-
-
 def with_pose_outputs(model: keras.Model) -> keras.Model:
     """``model`` with one more output, :data:`~icao_mtl.data.POSE_KEY` -> (batch, 3): the head's roll,
-    yaw and pitch in units of 10 degrees, by a linear D(3) on the last hidden layer of the
-    :data:`POSE_ANCHOR` (``rotation``) head, for :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s pose
-    term. The label says only whether the largest angle exceeds 8 degrees; the signed angles give that
-    hidden layer a target linear in what the image shows (the eyes' height difference, the features'
-    shift across the face). The new layer is a head layer (``head_pose``); the model's other outputs
-    (tasks, severities) are kept. :func:`task_outputs` gives back the model without it.
+    yaw and pitch in units of 10 degrees, for :class:`~icao_mtl.losses.GradedMultiTaskLoss`'s pose term.
+    A regions model with a geometry branch already computes it (``head_geometry_pose``, from the located
+    points); in any other model it is a linear D(3) on the last hidden layer of the :data:`POSE_ANCHOR`
+    (``rotation``) head (``head_pose``): the label says only whether the largest angle exceeds 8
+    degrees, the signed angles give that layer a target linear in what the image shows. The model's
+    other outputs (tasks, severities, landmarks) are kept. :func:`task_outputs` gives back the model
+    without it.
 
     Raises:
         ConfigError: the model has no ``rotation`` output.
@@ -501,39 +494,44 @@ def with_pose_outputs(model: keras.Model) -> keras.Model:
     from .data.pipeline import POSE_KEY
 
     if POSE_ANCHOR not in model.output_names:
-        raise ConfigError(f"The pose regression shares the {POSE_ANCHOR!r} head, which this model does not have "
-                          f"(outputs: {model.output_names}). Fix: train {POSE_ANCHOR!r} among the tasks, or drop "
-                          "--pose-weight.")
+        raise ConfigError(f"The pose regression serves the {POSE_ANCHOR!r} head, which this model does not have "
+                          f"(outputs: {model.output_names}). Fix: train {POSE_ANCHOR!r} among the tasks, or set "
+                          "--pose-weight 0.")
     outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
-    outputs[POSE_KEY] = keras.layers.Dense(3, name=f"{HEAD_PREFIX}pose", dtype="float32")(
-        model.get_layer(POSE_ANCHOR).input)
+    try:
+        outputs[POSE_KEY] = model.get_layer(f"{HEAD_PREFIX}geometry_pose").output
+    except ValueError:
+        outputs[POSE_KEY] = keras.layers.Dense(3, name=f"{HEAD_PREFIX}pose", dtype="float32")(
+            model.get_layer(POSE_ANCHOR).input)
     return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _landmark_maps(model: keras.Model):
+    try:
+        return model.get_layer(f"{HEAD_PREFIX}geometry_landmark_maps")
+    except ValueError:
+        raise ConfigError("Landmark targets need the regions approach built with landmarks (--landmark-weight "
+                          "builds them). Fix: --approach regions, or set --landmark-weight 0.") from None
 
 
 def landmark_grid(model: keras.Model) -> tuple:
     """Where the cells of the regions model's landmark maps lie on the image: ``(x, y)``, float32 arrays
     of shape (W,) and (H,) of cell-centre coordinates in fractions of the image side.
 
-    Cell j of the eye band's map pooled s times covers crop pixels ``2^s j .. 2^s (j + 1) - 1``, so its
-    centre is ``left + 2^s (j + 1/2)`` pixels from the image's left edge (continuous coordinates).
+    The geometry branch pools the whole image to cells of ``step = size // W`` pixels (8 at 224 px);
+    cell j covers pixels ``step j .. step (j + 1) - 1``, its centre ``step (j + 1/2)`` pixels from the
+    edge (continuous coordinates).
 
     Raises:
         ConfigError: the model has no supervised points.
     """
     import numpy as np
 
-    try:
-        maps = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps")
-    except ValueError:
-        raise ConfigError("Landmark targets need the regions approach built with landmarks (--landmark-weight "
-                          "builds them). Fix: --approach regions, or drop --landmark-weight.") from None
-    _, rows, cols, _ = maps.output.shape
+    _, rows, cols, _ = _landmark_maps(model).output.shape
     size = int(model.inputs[0].shape[1])
-    top, bottom, left, right = eye_band_box(size)
-    # each pooling halves the map, dropping an odd last row or column
-    step_y, step_x = (bottom - top) // rows, (right - left) // cols
-    return ((left + step_x * np.arange(cols) + step_x / 2) / size).astype("float32"), \
-        ((top + step_y * np.arange(rows) + step_y / 2) / size).astype("float32")
+    step_y, step_x = size // rows, size // cols
+    return ((step_x * np.arange(cols) + step_x / 2) / size).astype("float32"), \
+        ((step_y * np.arange(rows) + step_y / 2) / size).astype("float32")
 
 
 def with_landmark_outputs(model: keras.Model) -> keras.Model:
@@ -543,8 +541,8 @@ def with_landmark_outputs(model: keras.Model) -> keras.Model:
     arg-max's -1 .. 1 over the cell centres of :func:`landmark_grid`, mapped by a fixed
     :class:`keras.layers.Rescaling`, ``head_landmarks``), and :data:`~icao_mtl.data.LANDMARK_MAPS_KEY`
     -> (batch, H, W, P), the maps' logits (trained as heat maps: a soft arg-max alone learns where a
-    point is slowly, its gradient spread over 1,404 cells). :func:`task_outputs` gives back the model
-    without them (the points stay features of the heads).
+    point is slowly, its gradient spread over 784 cells). :func:`task_outputs` gives back the model
+    without them (the points stay what the pose is computed from).
 
     Raises:
         ConfigError: the model has no supervised points.
@@ -552,13 +550,13 @@ def with_landmark_outputs(model: keras.Model) -> keras.Model:
     from .data.pipeline import LANDMARK_KEY, LANDMARK_MAPS_KEY
 
     xs, ys = landmark_grid(model)
-    maps = model.get_layer(f"{HEAD_PREFIX}eyes_landmark_maps")
+    maps = _landmark_maps(model)
     count = int(maps.output.shape[-1])
     scale = [float(xs[-1] - xs[0]) / 2] * count + [float(ys[-1] - ys[0]) / 2] * count
     offset = [float(xs[-1] + xs[0]) / 2] * count + [float(ys[-1] + ys[0]) / 2] * count
     outputs = dict(model.output) if isinstance(model.output, dict) else {model.output_names[0]: model.output}
     outputs[LANDMARK_KEY] = keras.layers.Rescaling(scale, offset, name=f"{HEAD_PREFIX}landmarks", dtype="float32")(
-        model.get_layer(f"{HEAD_PREFIX}eyes_landmarks").output)
+        model.get_layer(f"{HEAD_PREFIX}geometry_landmarks").output)
     outputs[LANDMARK_MAPS_KEY] = keras.layers.Activation("linear", name=f"{HEAD_PREFIX}landmark_logits",
                                                          dtype="float32")(maps.output)
     return keras.Model(model.inputs, outputs, name=model.name)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -39,6 +41,12 @@ PAPER_PRESETS: dict[str, dict] = {
 
 #: The ``regions`` approach's defaults where ``--augment reference`` leaves --shift / --zoom unset.
 REGIONS_AUGMENT = {"shift": 0.04, "zoom": 0.05}
+#: What ``--landmark-weight`` and ``--pose-weight`` become when not given, for the regions approach on
+#: training data with landmarks.csv and pose.csv (:meth:`TrainConfig.with_geometry`): the geometry
+#: branch's heat maps and points (summed over 7 points) and its signed pose (summed over 3 angles, in
+#: tens of degrees). The branch shares no layer with the other heads; these weigh it against rotation's
+#: cross-entropy.
+GEOMETRY_DEFAULTS = {"landmark_weight": 0.15, "pose_weight": 0.5}
 
 
 @dataclass
@@ -78,8 +86,11 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     loss_weight: float = 0.1
     severity_weight: float = 0.0  # > 0: also regress each requisite's severity (datasets with severities.csv)
-    pose_weight: float = 0.0  # > 0: also regress the head's roll, yaw and pitch (datasets with pose.csv)
-    landmark_weight: float = 0.0  # > 0, regions: also locate the eyes and face edges (datasets with landmarks.csv)
+    # > 0: also regress the head's roll, yaw and pitch (datasets with pose.csv); None: GEOMETRY_DEFAULTS
+    pose_weight: float | None = None
+    # > 0, regions: locate face points, the rotation head reads the pose they show (datasets with
+    # landmarks.csv); None: GEOMETRY_DEFAULTS
+    landmark_weight: float | None = None
     augment: str = "reference"
     flip: bool | None = None
     rotation: float | None = None
@@ -143,6 +154,18 @@ class TrainConfig:
         """Hash of what is trained (volatile fields excluded)."""
         d = {k: v for k, v in self.to_dict().items() if k not in self.VOLATILE}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def with_geometry(self, train) -> "TrainConfig":
+        """This configuration with ``landmark_weight`` and ``pose_weight`` decided where they are None
+        (the default): :data:`GEOMETRY_DEFAULTS` for the regions approach when ``train`` (the training
+        split) has ``rotation``, landmarks.csv and pose.csv, as every synthetic set has; 0 otherwise (a
+        dataset without them trains as before, nothing to refuse). Given values are kept."""
+        known = (self.approach == "regions" and "rotation" in train.tasks
+                 and train.landmarks is not None and np.isfinite(train.landmarks).any()
+                 and train.pose is not None and np.isfinite(train.pose).any())
+        chosen = {name: (GEOMETRY_DEFAULTS[name] if known else 0.0)
+                  for name in GEOMETRY_DEFAULTS if getattr(self, name) is None}
+        return replace(self, **chosen) if chosen else self
 
     def frozen_backbone(self) -> bool:
         if self.freeze_backbone is not None:
@@ -211,13 +234,15 @@ class TrainConfig:
         if not isinstance(self.severity_weight, (int, float)) or not self.severity_weight >= 0:
             raise ConfigError(f"severity_weight must be a number >= 0 (0: no severity regression). Received: "
                               f"{self.severity_weight!r}.")
-        if not isinstance(self.landmark_weight, (int, float)) or not self.landmark_weight >= 0:
+        if self.landmark_weight is not None and (not isinstance(self.landmark_weight, (int, float))
+                                                 or not self.landmark_weight >= 0):
             raise ConfigError(f"landmark_weight must be a number >= 0 (0: no landmarks). Received: "
                               f"{self.landmark_weight!r}.")
         if self.landmark_weight and self.approach != "regions":
-            raise ConfigError(f"--landmark-weight locates face points on the regions approach's eye band, not "
-                              f"{self.approach!r}'s. Fix: add --approach regions, or drop --landmark-weight.")
-        if not isinstance(self.pose_weight, (int, float)) or not self.pose_weight >= 0:
+            raise ConfigError(f"--landmark-weight locates face points in the regions approach's geometry branch; "
+                              f"{self.approach!r} has none. Fix: add --approach regions, or drop --landmark-weight.")
+        if self.pose_weight is not None and (not isinstance(self.pose_weight, (int, float))
+                                             or not self.pose_weight >= 0):
             raise ConfigError(f"pose_weight must be a number >= 0 (0: no pose regression). Received: "
                               f"{self.pose_weight!r}.")
         if self.approach == "nas":

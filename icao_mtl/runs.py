@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io as aio
-from .config import TrainConfig
+from .config import GEOMETRY_DEFAULTS, TrainConfig
 from .errors import CollapsedModelError, ConfigError, NonFiniteLossError, ResumeError
 
 
@@ -89,11 +89,11 @@ def check_pose(cfg: TrainConfig, splits) -> None:
     if POSE_ANCHOR not in train.tasks:
         raise ConfigError(f"--pose-weight {cfg.pose_weight} regresses the head's pose from the {POSE_ANCHOR!r} "
                           f"head, but {POSE_ANCHOR!r} is not among the tasks ({', '.join(train.tasks)}). Fix: add "
-                          f"{POSE_ANCHOR} to --tasks, or drop --pose-weight.")
+                          f"{POSE_ANCHOR} to --tasks, or set --pose-weight 0.")
     if train.pose is None or not np.isfinite(train.pose).any():
         raise ConfigError(f"--pose-weight {cfg.pose_weight} regresses the head's roll, yaw and pitch, but the "
                           f"training data ({train.root}) has no pose.csv (image,roll,yaw,pitch in degrees). Fix: "
-                          "drop --pose-weight (or set it to 0); for a synthetic set, run `python -m icao_mtl.synth` "
+                          "set --pose-weight 0; for a synthetic set, run `python -m icao_mtl.synth` "
                           "with its --out, --n, --size and --seed again (it adds pose.csv without re-rendering).")
 
 
@@ -103,9 +103,9 @@ def check_landmarks(cfg: TrainConfig, splits) -> None:
         return
     train = splits.train
     if train.landmarks is None or not np.isfinite(train.landmarks).any():
-        raise ConfigError(f"--landmark-weight {cfg.landmark_weight} locates the eyes and the face's edges, but the "
-                          f"training data ({train.root}) has no landmarks.csv (image,left_eye_x,left_eye_y,...). "
-                          "Fix: drop --landmark-weight (or set it to 0); for a synthetic set, run `python -m "
+        raise ConfigError(f"--landmark-weight {cfg.landmark_weight} locates the eyes, nose, mouth and the face's "
+                          f"outline, but the training data ({train.root}) has no landmarks.csv (image,left_eye_x,"
+                          "left_eye_y,...). Fix: set --landmark-weight 0; for a synthetic set, run `python -m "
                           "icao_mtl.synth` with its --out, --n, --size and --seed again (it adds landmarks.csv "
                           "without re-rendering).")
 
@@ -149,6 +149,9 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
                           "to continue, or drop --resume to start a new run.")
     old = TrainConfig.from_json(path).to_dict()
     new = cfg.to_dict()
+    for name in GEOMETRY_DEFAULTS:  # left to the default: decided from the same data as the run did
+        if new.get(name) is None:
+            new[name] = old.get(name)
     diff = sorted(k for k in new if k not in TrainConfig.VOLATILE and old.get(k) != new.get(k))
     if diff:
         details = "; ".join(f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in diff[:6])
@@ -276,6 +279,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
     policy = set_precision(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     ds, splits = prepare_data(cfg, verbose=verbose)
+    cfg = cfg.with_geometry(splits.train)
     check_severities(cfg, splits)
     check_pose(cfg, splits)
     check_landmarks(cfg, splits)

@@ -51,11 +51,13 @@ _HELP = {
     "loss_weight": "weight of every task's loss (the reference code: 0.1)",
     "severity_weight": "weight of a regression of every requisite's severity beside its label, from the "
                        "same hidden layer (needs the dataset's severities.csv, as the synthetic set has; 0: off)",
-    "landmark_weight": "regions: weight of locating the eye centres and the face's edges beside them on the "
-                       "eye band (soft arg-max points, features of every head; needs the dataset's "
-                       "landmarks.csv, as the synthetic set has; 0: off)",
-    "pose_weight": "weight of a regression of the head's roll, yaw and pitch from the rotation head's hidden "
-                   "layer (needs the dataset's pose.csv, as the synthetic set has; 0: off)",
+    "landmark_weight": "regions: weight of locating seven face points (eyes, cheeks, nose, mouth, chin) in a "
+                       "geometry branch whose head pose the rotation head reads (needs the dataset's "
+                       "landmarks.csv, as the synthetic set has; default 0.15 where the training data has "
+                       "landmarks.csv and pose.csv, else 0; 0: off)",
+    "pose_weight": "weight of a regression of the head's roll, yaw and pitch (regions with landmarks: from the "
+                   "points; otherwise from the rotation head's hidden layer; needs the dataset's pose.csv; "
+                   "default 0.5 with the landmarks' default, else 0; 0: off)",
     "augment": "augmentation preset: reference (default), paper, no_rotation, none",
     "shift": "width and height shift fraction", "rotation": "rotation range in degrees",
     "finetune_epochs": "Experiment III: epochs with the backbone unfrozen before --epochs with it frozen",

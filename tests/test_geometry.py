@@ -28,29 +28,42 @@ def test_pose_and_landmarks_hold_the_drawn_geometry_and_are_added_to_an_older_se
     # the label is a threshold on the largest absolute angle, which is the severity
     np.testing.assert_allclose(np.abs(ds.pose).max(1), ds.severities[:, rotation], rtol=1e-5)
     assert ((np.abs(ds.pose).max(1) > 8) == (ds.labels[:, rotation] == 0)).all()
-    # landmarks: the eyes inside the eye boxes of regions.csv, the face's edges on the face box's sides
-    assert ds.landmarks.shape == (40, 8) and np.isfinite(ds.landmarks).all()
+    # landmarks: the eyes inside the eye boxes of regions.csv, the face's edges on the face box's sides,
+    # the chin at its bottom, the mouth in the mouth box, the nose between the eyes and the mouth
+    assert ds.landmarks.shape == (40, 14) and np.isfinite(ds.landmarks).all()
     np.testing.assert_allclose(ds.landmarks[7], portrait_landmarks(look).ravel() / 64, rtol=1e-5)
-    boxes = np.loadtxt(root / "regions.csv", delimiter=",", skiprows=1, usecols=range(1, 9))
-    face, eyes = boxes[:, 0:4], boxes[:, 4:8]
-    marks = ds.landmarks.reshape(40, 4, 2)
+    boxes = np.loadtxt(root / "regions.csv", delimiter=",", skiprows=1, usecols=range(1, 13))
+    face, eyes, mouth = boxes[:, 0:4], boxes[:, 4:8], boxes[:, 8:12]
+    marks = ds.landmarks.reshape(40, 7, 2)
     assert (marks[:, :2, 0] > eyes[:, None, 0]).all() and (marks[:, :2, 0] < eyes[:, None, 2]).all()
     assert (marks[:, :2, 1] > eyes[:, None, 1]).all() and (marks[:, :2, 1] < eyes[:, None, 3]).all()
     assert (marks[:, 0, 0] < marks[:, 1, 0]).all() and (marks[:, 2, 0] < marks[:, 0, 0]).all()  # image-left first
     assert np.abs(marks[:, 2, 0] - face[:, 0]).max() < 0.03 and np.abs(marks[:, 3, 0] - face[:, 2]).max() < 0.03
-    # a set rendered before pose.csv and landmarks.csv existed gets them, the images untouched
+    assert (marks[:, 5, 0] > mouth[:, 0]).all() and (marks[:, 5, 0] < mouth[:, 2]).all()
+    assert (marks[:, 5, 1] > mouth[:, 1] - 0.01).all() and (marks[:, 5, 1] < mouth[:, 3] + 0.01).all()
+    assert (marks[:, :2, 1].max(1) < marks[:, 4, 1]).all() and (marks[:, 4, 1] < marks[:, 5, 1]).all()
+    assert (marks[:, 5, 1] < marks[:, 6, 1]).all() and (marks[:, 6, 1] <= face[:, 3] + 1e-4).all()
+    assert (face[:, 3] - marks[:, 6, 1]).max() < 0.05  # the chin is the face's lowest point, roll aside
+    # a set rendered before pose.csv and landmarks.csv existed gets them, the images untouched; so does a
+    # set whose landmarks.csv holds fewer points (the first four, as written before the nose, mouth, chin)
     texts = {n: (root / n).read_text() for n in ("pose.csv", "landmarks.csv")}
     for n in texts:
         (root / n).unlink()
     stamp = (root / "images" / "000000.png").stat().st_mtime_ns
     generate(root, cfg, progress=False)
     assert all((root / n).read_text() == t for n, t in texts.items())
+    older = "\n".join(",".join(line.split(",")[:9]) for line in texts["landmarks.csv"].splitlines()) + "\n"
+    (root / "landmarks.csv").write_text(older)
+    partial = read_dataset(root, check_images="exists").landmarks
+    assert np.isfinite(partial[:, :8]).all() and np.isnan(partial[:, 8:]).all()  # the new points unknown, no error
+    generate(root, cfg, progress=False)
+    assert (root / "landmarks.csv").read_text() == texts["landmarks.csv"]
     assert (root / "images" / "000000.png").stat().st_mtime_ns == stamp
     # kept by subsets, unknown (NaN) on rows of a set without pose
     np.testing.assert_allclose(ds.subset([3, 1]).pose, ds.pose[[3, 1]])
     merged = data.splits.append_rows(ds, dataclasses.replace(ds.subset([0, 1]), pose=None, landmarks=None))
     assert merged.pose.shape == (42, 3) and np.isnan(merged.pose[40:]).all()
-    assert merged.landmarks.shape == (42, 8) and np.isnan(merged.landmarks[40:]).all()
+    assert merged.landmarks.shape == (42, 14) and np.isnan(merged.landmarks[40:]).all()
 
 
 def _dots(size, points, colours):
@@ -115,6 +128,27 @@ def test_served_landmarks_are_where_the_augmented_image_shows_the_points(seed):
     if float(turn[0]) < 0:
         seen = seen[[1, 0, 3, 2]]
     np.testing.assert_allclose(moved * size, seen, atol=0.6)
+
+
+def test_a_flip_swaps_left_and_right_points_and_keeps_the_central_ones():
+    from icao_mtl.data import LANDMARK_POINTS
+    from icao_mtl.data.manifest import LANDMARK_MIRROR
+
+    assert len(LANDMARK_MIRROR) == len(LANDMARK_POINTS)
+    assert all(LANDMARK_MIRROR[LANDMARK_MIRROR[j]] == j for j in range(len(LANDMARK_POINTS)))
+    size = 64
+    points = np.array([[0.4, 0.4], [0.6, 0.42], [0.3, 0.4], [0.7, 0.41], [0.52, 0.55], [0.51, 0.62], [0.5, 0.8]])
+    flip = augment_config("none", horizontal_flip=True)
+    for seed in range(8):
+        params, _, turn = _affine_params(flip, tf.constant([seed, 0]), size, size)
+        moved = move_landmarks(tf.constant(points[None], tf.float32), params[None], turn[None], size).numpy()[0]
+        if float(turn[0]) > 0:
+            np.testing.assert_allclose(moved, points, atol=1e-5)
+            continue
+        mirrored = np.stack([1.0 - points[:, 0], points[:, 1]], 1)
+        np.testing.assert_allclose(moved, mirrored[list(LANDMARK_MIRROR)], atol=1e-5)
+        assert moved[0, 0] < moved[1, 0] and moved[2, 0] < moved[3, 0]  # image-left first, still
+        np.testing.assert_allclose(moved[4:], mirrored[4:], atol=1e-5)  # nose, mouth, chin stay themselves
 
 
 def test_a_pipeline_serves_the_pose_turned_with_its_augmentation_and_plain_in_evaluation(synth_small):
@@ -201,54 +235,82 @@ def test_a_run_with_pose_learns_the_angles_and_saves_a_model_of_the_tasks_only(t
     assert "pose_loss" in history["rotation"][0] and "pose_loss" not in history["blurred"][0]
 
 
-def test_landmark_outputs_place_the_soft_argmax_on_the_eye_band_of_the_image():
+def test_landmark_outputs_place_the_soft_argmax_on_the_whole_image_and_rotation_reads_the_pose():
     import keras
 
-    from icao_mtl.architectures import (EYE_BAND_COLS, EYE_BAND_ROWS, ModelConfig, build_model, landmark_grid,
-                                        task_outputs, with_landmark_outputs)
+    from icao_mtl.architectures import (ModelConfig, build_model, landmark_grid, task_outputs, with_landmark_outputs,
+                                        with_pose_outputs)
 
     size = 224
-    model = build_model(ModelConfig(approach="regions", image_size=size, extra={"landmarks": 4}), ("rotation",))
-    trained = with_landmark_outputs(model)
-    maps = trained.get_layer("head_eyes_landmark_maps")
+    model = build_model(ModelConfig(approach="regions", image_size=size, extra={"landmarks": 7}),
+                        ("rotation", "eyes_closed"))
+    trained = with_pose_outputs(with_landmark_outputs(model))
+    maps = trained.get_layer("head_geometry_landmark_maps")
     maps.set_weights([np.zeros_like(w) for w in maps.get_weights()])  # a flat map: every point at its centre
     image = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    points = trained({"image": image})[LANDMARK_KEY].numpy()
-    assert points.shape == (2, 8)
-    top, bottom = round(EYE_BAND_ROWS[0] * size), round(EYE_BAND_ROWS[1] * size)
-    left, right = round(EYE_BAND_COLS[0] * size), round(EYE_BAND_COLS[1] * size)
-    np.testing.assert_allclose(points[:, :4], (left + right) / 2 / size, atol=0.5 / size)
-    np.testing.assert_allclose(points[:, 4:], (top + 52 / 2) / size, atol=0.5 / size)  # the 52 rows the map covers
-    # the soft arg-max's -1 and 1 are the centres of the first and last cells (4 px each at 224 px:
-    # 26 across the band's 104 px, 13 down its 54, the last 2 rows dropped by the poolings)
+    out = trained({"image": image})
+    points = out[LANDMARK_KEY].numpy()
+    assert points.shape == (2, 14) and out[POSE_KEY].shape == (2, 3)
+    np.testing.assert_allclose(points, 0.5, atol=0.5 / size)
+    # the soft arg-max's -1 and 1 are the centres of the first and last of 28 cells of 8 px
     xs, ys = landmark_grid(trained)
-    assert xs.shape == (26,) and ys.shape == (13,)
-    np.testing.assert_allclose(xs[[0, -1]], [(left + 2) / size, (left + 4 * 25 + 2) / size], rtol=1e-6)
-    np.testing.assert_allclose(ys[[0, -1]], [(top + 2) / size, (top + 4 * 12 + 2) / size], rtol=1e-6)
-    ends = trained.get_layer("head_landmarks")(np.array([[-1.0] * 8, [1.0] * 8], "float32")).numpy()
+    assert xs.shape == (28,) and ys.shape == (28,)
+    np.testing.assert_allclose(xs[[0, -1]], [4 / size, 220 / size], rtol=1e-6)
+    np.testing.assert_allclose(ys, xs)
+    ends = trained.get_layer("head_landmarks")(np.array([[-1.0] * 14, [1.0] * 14], "float32")).numpy()
     np.testing.assert_allclose(ends[:, 0], xs[[0, -1]], rtol=1e-6)
-    np.testing.assert_allclose(ends[:, 4], ys[[0, -1]], rtol=1e-6)
-    assert trained.output[LANDMARK_MAPS_KEY].shape[1:] == (13, 26, 4)
-    assert task_outputs(trained, ("rotation",)).output_names == ["rotation"]
+    np.testing.assert_allclose(ends[:, 7], ys[[0, -1]], rtol=1e-6)
+    assert trained.output[LANDMARK_MAPS_KEY].shape[1:] == (28, 28, 7)
+    # the pose is the geometry branch's (no second regression), and rotation's head reads only its
+    # positive and negative parts; the other heads read the appearance features
+    assert trained.get_layer("head_geometry_pose").output is trained.output[POSE_KEY]
+    assert "head_pose" not in [layer.name for layer in trained.layers]
+    assert trained.get_layer("head_rotation_dense_1").input.shape[-1] == 6
+    assert trained.get_layer("head_eyes_closed_dense_1").input.shape[-1] > 1000
+    pose = trained.get_layer("head_geometry_pose").output
+    parts = keras.Model(trained.inputs, [pose, trained.get_layer("head_geometry_pose_parts").output])(image)
+    np.testing.assert_allclose(parts[1].numpy(), np.concatenate([np.maximum(parts[0], 0), np.maximum(-parts[0], 0)], 1))
+    assert sorted(task_outputs(trained, ("rotation", "eyes_closed")).output_names) == ["eyes_closed", "rotation"]
+    # Grad-CAM explains rotation on the branch it reads (the backbone does not reach its head)
+    from icao_mtl import gradcam
+
+    assert gradcam.default_layer(model, "rotation") == "head_geometry_landmark_maps"
+    assert gradcam.default_layer(model, "eyes_closed") == gradcam.default_layer(model)
+    fresh = build_model(ModelConfig(approach="regions", image_size=size, extra={"landmarks": 7}), ("rotation",))
+    assert gradcam.compute(fresh, image[:1], "rotation").max() > 0
     with pytest.raises(Exception, match="regions approach built with landmarks"):
         with_landmark_outputs(build_model(ModelConfig(approach="hc2", image_size=64), ("rotation",)))
-    assert isinstance(trained, keras.Model)
+    # without the geometry branch, the pose is a regression from rotation's hidden layer
+    plain = with_pose_outputs(build_model(ModelConfig(approach="hc2", image_size=64), ("rotation",)))
+    assert plain.get_layer("head_pose").input is plain.get_layer("rotation").input
 
 
-def test_face_geometry_reads_roll_and_yaw_from_the_points():
-    from icao_mtl.architectures import FaceGeometry
+def test_the_default_weights_train_geometry_where_the_data_has_it(synth_small, tmp_path):
+    """--landmark-weight and --pose-weight default to None: the regions approach on data with
+    landmarks.csv, pose.csv and rotation gets the geometry branch; other approaches, other tasks and
+    data without the files train without it, refused by nothing."""
+    import shutil
 
-    layer = FaceGeometry(x_extent=50.0, y_extent=24.0)
-    # eyes at x = -15 and +15 px, the right one 4 px lower; edges at -45 and +45 px: roll only
-    eyes_y = np.array([-2.0, 2.0]) / 24.0
-    level = np.array([[-15, 15, -45, 45]], "float32") / 50.0
-    out = layer(np.concatenate([level, [[*eyes_y, 0.0, 0.0]]], 1).astype("float32")).numpy()[0]
-    assert out[0] == pytest.approx(math.atan2(4.0, 30.0) * 5, rel=1e-5) and out[1] == pytest.approx(0.0, abs=1e-6)
-    # the eyes 4.5 px to the left between the edges (a tenth of the face's half-width): yaw, no roll
-    shifted = np.array([[-19.5, 10.5, -45, 45]], "float32") / 50.0
-    out = layer(np.concatenate([shifted, np.zeros((1, 4))], 1).astype("float32")).numpy()[0]
-    assert out[0] == pytest.approx(0.0, abs=1e-6) and out[1] == pytest.approx(-4.5 / 90 * 10, rel=1e-5)
-    assert out[3] == pytest.approx(abs(out[1]))  # the size of the angle, whichever the side
+    from icao_mtl.config import GEOMETRY_DEFAULTS, TrainConfig
+
+    train = read_dataset(synth_small, check_images="exists")
+    cfg = TrainConfig()
+    assert cfg.landmark_weight is None and cfg.pose_weight is None
+    chosen = cfg.with_geometry(train)
+    assert (chosen.landmark_weight, chosen.pose_weight) == (GEOMETRY_DEFAULTS["landmark_weight"],
+                                                            GEOMETRY_DEFAULTS["pose_weight"])
+    assert chosen.model_config().extra["landmarks"] == 7
+    for other in (TrainConfig(approach="hc2").with_geometry(train),
+                  cfg.with_geometry(read_dataset(synth_small, tasks=["blurred", "light"], check_images="exists"))):
+        assert (other.landmark_weight, other.pose_weight) == (0.0, 0.0)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("labels.csv", "meta.json"):
+        shutil.copy(synth_small / name, bare / name)
+    (bare / "images").symlink_to(synth_small / "images")
+    assert cfg.with_geometry(read_dataset(bare, check_images="exists")).landmark_weight == 0.0
+    given = TrainConfig(landmark_weight=0.05, pose_weight=0.0).with_geometry(train)
+    assert (given.landmark_weight, given.pose_weight) == (0.05, 0.0)
 
 
 def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small):
@@ -257,14 +319,23 @@ def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small)
 
     out = tmp_path / "run"
     assert train.main(["--data", str(synth_small), "--approach", "regions", "--epochs", "5", "--quiet",
-                       "--check-images", "none", "--tasks", "rotation,eyes_closed", "--landmark-weight", "0.05",
-                       "--lr", "3e-3", "--out", str(out)]) == 0
+                       "--check-images", "none", "--tasks", "rotation,eyes_closed", "--lr", "3e-3",
+                       "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["landmark_weight"] > 0 and config["pose_weight"] > 0  # the defaults, decided from the data
     history = json.loads((out / "history.json").read_text())["regions"]
     assert history[-1]["landmark_loss"] < 0.6 * history[0]["landmark_loss"]
     assert history[-1]["landmark_map_loss"] < history[0]["landmark_map_loss"]
+    assert history[-1]["pose_loss"] < history[0]["pose_loss"]
     model = icao_mtl.load_model(out / "model.keras")
     assert sorted(model.output_names) == ["eyes_closed", "rotation"]
-    assert model.get_layer("head_eyes_landmarks") is not None  # the points stay features of the heads
+    assert model.get_layer("head_geometry_landmarks") is not None  # the points stay what the pose is read from
+    # resuming the run with the same command (the weights left to their default) is the same configuration
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.runs import check_resumable
+
+    check_resumable(out, TrainConfig(data=str(synth_small), approach="regions", epochs=5, check_images="none",
+                                     tasks=["rotation", "eyes_closed"], lr=3e-3, out=str(out)))
 
 
 def test_pose_weight_is_refused_before_training_without_pose_or_without_rotation(tmp_path, synth_small, data_root,
@@ -290,5 +361,5 @@ def test_pose_weight_is_refused_before_training_without_pose_or_without_rotation
     assert train.main(["--data", str(no_pose), "--approach", "regions", *marks, "--out", str(tmp_path / "d")]) == 2
     assert "has no landmarks.csv" in capsys.readouterr().err
     assert train.main(["--data", str(synth_small), "--approach", "hc2", *marks, "--out", str(tmp_path / "e")]) == 2
-    assert "not 'hc2'" in capsys.readouterr().err
+    assert "'hc2' has none" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abcde")

@@ -33,9 +33,13 @@ from ..errors import ConfigError
 
 #: The columns of ``pose.csv``: the head's rotation in the image plane, left-right and up-down, degrees.
 POSE_AXES = ("roll", "yaw", "pitch")
-#: The points of ``landmarks.csv``, image-left first (as MTCNN names a photo's eyes): the eye centres and
-#: the face's outline at the eyes' height.
-LANDMARK_POINTS = ("left_eye", "right_eye", "left_cheek", "right_cheek")
+#: The points of ``landmarks.csv``, image-left first (as MTCNN names a photo's eyes): the eye centres, the
+#: face's outline at the eyes' height, the tip of the nose, the centre of the mouth and the bottom of the
+#: chin. Roll tilts all of them; yaw and pitch move the eyes, nose and mouth (on the curved face) against
+#: the outline points (cheeks, chin), which stay where the head's silhouette is.
+LANDMARK_POINTS = ("left_eye", "right_eye", "left_cheek", "right_cheek", "nose", "mouth", "chin")
+#: For each point, the index of the point a horizontal flip turns it into (the left eye becomes the right).
+LANDMARK_MIRROR = (1, 0, 3, 2, 4, 5, 6)
 #: Its columns: ``<point>_x, <point>_y`` for each point, fractions of the image side from the top-left corner.
 LANDMARK_COLUMNS = tuple(f"{p}_{c}" for p in LANDMARK_POINTS for c in ("x", "y"))
 from ..requisites import GROUPS, IDS, LABEL_CODES
@@ -142,7 +146,7 @@ class LabeledDataset:
             (``severities.csv``; NaN where unknown), or None when the dataset has none.
         pose: float32 array of shape (n, 3), the head's roll, yaw and pitch in degrees (``pose.csv``,
             columns :data:`POSE_AXES`; NaN where unknown), or None when the dataset has none.
-        landmarks: float32 array of shape (n, 8), the :data:`LANDMARK_POINTS` as ``x, y`` pairs in
+        landmarks: float32 array of shape (n, 14), the :data:`LANDMARK_POINTS` as ``x, y`` pairs in
             fractions of the image side (``landmarks.csv``; NaN where unknown), or None.
     """
 

@@ -130,12 +130,15 @@ def _affine_params(cfg: AugmentConfig, seed, height: int, width: int):
     return params, gain, tf.stack([flip, u[1] * cfg.rotation])
 
 
-def move_landmarks(points, params, turn, size: int):
+def move_landmarks(points, params, turn, size: int, mirror=None):
     """Where an augmented image shows its landmarks: ``points`` float32 (B, P, 2) ``(x, y)`` fractions of
     the side in the source images, ``params`` (B, 8) the warps (output pixel -> input pixel, pixel-index
-    coordinates), ``turn`` (B, 2) their flip signs. Returns (B, P, 2) in the output images, the pairs
-    (0, 1), (2, 3), ... swapped where the image was flipped (the left eye stays the image-left one)."""
+    coordinates), ``turn`` (B, 2) their flip signs. Returns (B, P, 2) in the output images, point j
+    replaced by point ``mirror[j]`` where the image was flipped (the left eye stays the image-left one;
+    default :data:`~icao_mtl.data.manifest.LANDMARK_MIRROR` for its P points, else pairs (0, 1), (2, 3), ...)."""
     import tensorflow as tf
+
+    from .manifest import LANDMARK_MIRROR
 
     src = points * size - 0.5
     a00, a01, t0, a10, a11, t1 = (params[:, k][:, None] for k in range(6))
@@ -145,7 +148,9 @@ def move_landmarks(points, params, turn, size: int):
     y = (-a10 * dx + a00 * dy) / det
     out = tf.stack([x, y], -1) / size + 0.5 / size
     n = int(points.shape[1])
-    swapped = tf.gather(out, [j ^ 1 if (j ^ 1) < n else j for j in range(n)], axis=1)
+    if mirror is None:
+        mirror = LANDMARK_MIRROR if n == len(LANDMARK_MIRROR) else [j ^ 1 if (j ^ 1) < n else j for j in range(n)]
+    swapped = tf.gather(out, list(mirror), axis=1)
     return tf.where((turn[:, 0] < 0)[:, None, None], swapped, out)
 
 

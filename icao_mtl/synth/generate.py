@@ -3,8 +3,8 @@
 ``DATASET/images/000000.png ...``, ``labels.csv`` (``image`` + the 23 requisite ids, values 1 / 0 / -1),
 ``severities.csv`` (the continuous severity behind each label, empty where not applicable),
 ``regions.csv`` (boxes of the face regions, fractions of the image side), ``pose.csv`` (the head's
-roll, yaw and pitch in degrees), ``landmarks.csv`` (eye centres and the face's outline at their
-height), ``meta.json`` and ``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
+roll, yaw and pitch in degrees), ``landmarks.csv`` (eye centres, the face's outline at their
+height, nose tip, mouth centre, chin), ``meta.json`` and ``contact_sheet.png``. The dataset is assembled in a temporary directory and renamed into place at
 the end, so an interrupted generation never leaves a half dataset where a complete one is expected.
 Image ``i`` depends only on ``(seed, i, size)``: the output is byte-identical for any number of workers.
 """
@@ -285,17 +285,21 @@ GEOMETRY_FILES = ("pose.csv", "landmarks.csv")
 
 
 def portrait_landmarks(look: dict) -> np.ndarray:
-    """The :data:`LANDMARK_POINTS` of a portrait as (4, 2) pixel coordinates ``(x, y)`` of its image
-    (continuous: the top-left pixel spans [0, 1)): the eyes where :func:`render` draws them (on the
-    curved face, so yaw and pitch move them), the outline where the flat head ellipse crosses the
-    eyes' row of the face (roll turns it, yaw and pitch do not)."""
-    from .portrait import EYE_U, EYE_V, _Frame
+    """The :data:`LANDMARK_POINTS` of a portrait as (7, 2) pixel coordinates ``(x, y)`` of its image
+    (continuous: the top-left pixel spans [0, 1)): the eyes, the tip of the nose (between the nostrils,
+    raised off the face as :func:`render` draws it) and the centre of the mouth on the curved face, so
+    yaw and pitch move them; the outline where the flat head ellipse crosses the eyes' row, and the
+    bottom of the chin, which roll turns and yaw and pitch do not."""
+    from .portrait import EYE_U, EYE_V, MOUTH_V, NOSE_LIFT, NOSE_V, _Frame
 
     f = _Frame(look)
     edge = math.sqrt(1.0 - (EYE_V / f.e) ** 2)
     eyes = f.surface([(-EYE_U, EYE_V), (EYE_U, EYE_V)])
     cheeks = f.flat([(-edge, EYE_V), (edge, EYE_V)])
-    return np.concatenate([eyes, cheeks], 0)
+    nose = f.surface([(0.0, NOSE_V)], lift=NOSE_LIFT)
+    mouth = f.surface([(0.0, MOUTH_V)])
+    chin = f.flat([(0.0, f.e)])
+    return np.concatenate([eyes, cheeks, nose, mouth, chin], 0)
 
 
 def write_geometry(root: str | os.PathLike, cfg: SynthConfig) -> None:
@@ -315,7 +319,14 @@ def write_geometry(root: str | os.PathLike, cfg: SynthConfig) -> None:
 
 
 def has_geometry(root: str | os.PathLike) -> bool:
-    return all((Path(root) / name).is_file() for name in GEOMETRY_FILES)
+    """Whether ``root`` holds this version's pose.csv and landmarks.csv (every :data:`LANDMARK_COLUMNS`:
+    a set written when there were fewer points is not)."""
+    root = Path(root)
+    if not all((root / name).is_file() for name in GEOMETRY_FILES):
+        return False
+    with open(root / "landmarks.csv", encoding="utf-8") as fh:
+        header = [c.strip() for c in fh.readline().split(",")]
+    return set(LANDMARK_COLUMNS) <= set(header)
 
 
 def _thumb(path: Path, side: int) -> np.ndarray:

@@ -33,6 +33,7 @@ EYE_U, EYE_V, EYE_HW, EYE_HH = 0.40, -0.22, 0.18, 0.085
 IRIS_R, PUPIL_R = 0.085, 0.036
 BROW_V = -0.45
 MOUTH_V, MOUTH_HW = 0.62, 0.24
+NOSE_V, NOSE_LIFT = 0.32, 0.1  # the nostrils' row, and how far the nose stands off the head ellipsoid
 NOSE_TIP_V = 0.30
 
 # Where the face lies, in pixels of a REFERENCE_SIZE portrait: half-width a ~ U(FACE_HALF_WIDTH), centre
@@ -463,9 +464,10 @@ def render(p: Portrait, encoded: dict | None = None) -> tuple[np.ndarray, dict[s
     for side, cl in zip((-1, 1), closures):
         eye_boxes.append(_draw_eye(img, f, side, cl, sev, look, skin))
     regions["eyes"] = _union(eye_boxes)
-    _stroke(img, f.surface([(0.07, -0.12), (0.09, 0.18), (0.05, 0.26)], lift=0.1), skin_dark, 0.03 * a)
+    _stroke(img, f.surface([(0.07, -0.12), (0.09, 0.18), (0.05, 0.26)], lift=NOSE_LIFT), skin_dark, 0.03 * a)
     for side in (-1, 1):
-        _fill(img, f.surface(_ellipse(side * 0.075, 0.32, 0.045, 0.025, 12), lift=0.1), tuple(c * 0.55 for c in skin))
+        _fill(img, f.surface(_ellipse(side * 0.075, NOSE_V, 0.045, 0.025, 12), lift=NOSE_LIFT),
+              tuple(c * 0.55 for c in skin))
     regions["mouth"] = _draw_mouth(img, f, sev["mouth"], skin)
     regions["lower_face"] = _box(f.flat(_ellipse(0, 0, 1.0, e, 48)[:25]))  # lower half: v > 0 is down
 
