@@ -97,6 +97,20 @@ def test_hc2_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
     assert other.returncode == 2 and "epochs: 3 in the run, 7 now" in other.stderr
 
 
+def test_regions_with_its_geometry_targets_killed_mid_epoch_resumes_exactly(tiny_set, tmp_path):
+    """The default approach: the pose and landmark targets move with each augmented image, so a resumed
+    epoch must serve the same targets as well as the same images."""
+    args = _train_args(tiny_set, "--approach", "regions")
+    args[args.index("--img-size") + 1] = "96"
+    out = _run_killed_and_full("icao_mtl.train", args, tmp_path / "full", tmp_path / "cut", ["step:1:7"])
+    assert "Resuming after epoch 1" in out
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())["regions"]
+    full = json.loads((tmp_path / "full" / "history.json").read_text())["regions"]
+    for key in ("landmark_loss", "landmark_map_loss", "pose_loss"):
+        np.testing.assert_allclose([h[key] for h in history], [h[key] for h in full], rtol=1e-5)
+
+
 @pytest.mark.slow  # a long end-to-end run: pytest -m slow tests/test_resume.py
 def test_hc1_dropout_and_a_finetune_boundary_resume_exactly(tiny_set, tmp_path):
     """Handcrafted 1 has dropout (its seed generators' states are checkpointed) and, with pretrained
