@@ -115,10 +115,58 @@ def check_image_size(name: str, size: int) -> int:
     return size
 
 
+@keras.saving.register_keras_serializable(package="icao_mtl")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel where it applies.
+
+    Keras 3 normalises in separate element-wise passes (the moments, then the normalisation, and
+    their gradients), each reading the whole activation: on a CPU, for the small CNN's and the
+    regions branches' wide maps of few channels, those passes cost about as much as the convolutions
+    (a training step of the default model at batch 32: ``benchmarks/bench_batchnorm.py``). The fused
+    kernel makes them one pass. Same weights, configuration and rule for the moving statistics
+    (``moving = momentum * moving + (1 - momentum) * batch``, with the batch's biased variance), so a
+    model saved with either layer loads into the other. Falls back to the Keras computation for what
+    the kernel does not do: another backend, a channel axis other than the last of a 4-D input, a
+    mask, batch renormalisation, synchronised statistics.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4 and mask is None
+                and self.axis in (-1, 3) and not self.renorm and not getattr(self, "synchronized", False)
+                and self.epsilon >= 1.001e-5)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, "float32")  # as Keras: statistics in float32 under mixed precision
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
+        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
+                                                                 is_training=True)
+            # the kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased one
+            count = tf.cast(tf.size(x) // channels, "float32")
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype)
+                                    * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum
+                                        + tf.cast(variance, self.moving_variance.dtype) * (1.0 - momentum))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"), epsilon=self.epsilon, is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
 def conv_bn_relu(x, filters: int, name: str, strides: int = 1):
-    """A 3x3 convolution (no bias), batch normalisation and ReLU, named ``<name>_conv/_bn/_relu``."""
+    """A 3x3 convolution (no bias), batch normalisation (:class:`FusedBatchNormalization`) and ReLU,
+    named ``<name>_conv/_bn/_relu``."""
     x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from icao_mtl.architectures import ModelConfig, build_model, count_params
-from icao_mtl.backbones import (BACKBONES, Preprocess, backbone_layers, build_backbone, last_conv_layer,
-                                save_backbone_weights, set_backbone_trainable)
+from icao_mtl.backbones import (BACKBONES, FusedBatchNormalization, Preprocess, backbone_layers, build_backbone,
+                                last_conv_layer, save_backbone_weights, set_backbone_trainable)
 from icao_mtl.errors import ConfigError
 from icao_mtl.requisites import GROUPS, IDS
 
@@ -51,6 +51,57 @@ def test_models_save_and_load_with_safe_mode_and_outputs_are_named_by_task(appro
     y2 = m2(x)
     for t in tasks:
         np.testing.assert_allclose(y[t], y2[t], atol=1e-6)
+
+
+@pytest.mark.parametrize("scale, center", [(True, True), (False, False)])
+def test_fused_batch_normalization_equals_keras_in_outputs_gradients_and_moving_statistics(scale, center, tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(3.0, 2.0, (6, 7, 9, 5)).astype("float32"))
+    weight = tf.constant(rng.normal(0.0, 1.0, (6, 7, 9, 5)).astype("float32"))
+    layers = {"keras": keras.layers.BatchNormalization(momentum=0.9, scale=scale, center=center),
+              "fused": FusedBatchNormalization(momentum=0.9, scale=scale, center=center)}
+    results = {}
+    for name, layer in layers.items():
+        layer.build(x.shape)
+        if scale:
+            layer.gamma.assign(np.linspace(0.5, 1.5, 5).astype("float32"))
+        if center:
+            layer.beta.assign(np.linspace(-1.0, 1.0, 5).astype("float32"))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * weight)
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        layer(x * 2.0 + 1.0, training=True)  # a second update of the moving statistics
+        results[name] = ([y, *grads, layer.moving_mean, layer.moving_variance], layer(x, training=False))
+    for a, b in zip(results["keras"][0], results["fused"][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results["keras"][1], results["fused"][1], rtol=1e-4, atol=1e-4)
+    # the moving statistics moved (the biased variance, Keras's rule), so the comparison is not vacuous
+    assert not np.allclose(layers["fused"].moving_variance, 1.0)
+    # same weights and configuration: a model saved with one layer loads the other's weights
+    inputs = keras.Input((7, 9, 5))
+    model = keras.Model(inputs, layers["fused"](inputs))
+    model.save(tmp_path / "fused.keras")
+    loaded = keras.saving.load_model(tmp_path / "fused.keras", safe_mode=True)
+    assert isinstance(loaded.layers[-1], FusedBatchNormalization)
+    np.testing.assert_allclose(loaded(x, training=False), results["fused"][1], rtol=1e-5, atol=1e-5)
+    twin = keras.layers.BatchNormalization(momentum=0.9, scale=scale, center=center)
+    twin.build(x.shape)
+    twin.set_weights(layers["fused"].get_weights())
+    np.testing.assert_allclose(twin(x, training=False), results["fused"][1], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_batch_normalization_falls_back_to_keras_for_what_the_kernel_does_not_do():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 1.0, (4, 6, 3)).astype("float32")  # 3-D: not the fused kernel's layout
+    a, b = keras.layers.BatchNormalization(axis=1), FusedBatchNormalization(axis=1)
+    np.testing.assert_allclose(a(x, training=True), b(x, training=True), rtol=1e-5, atol=1e-5)
+    x4 = rng.normal(0.0, 1.0, (4, 3, 5, 6)).astype("float32")  # channels first: Keras's computation
+    a, b = keras.layers.BatchNormalization(axis=1), FusedBatchNormalization(axis=1)
+    np.testing.assert_allclose(a(x4, training=True), b(x4, training=True), rtol=1e-5, atol=1e-5)
 
 
 def test_hc3_gives_each_group_one_row_band():

@@ -1,0 +1,116 @@
+"""Keras's batch normalisation against the fused kernel (``FusedBatchNormalization``), side by side in
+one run. Writes results/bench_batchnorm.json.
+
+1. Equivalence: the default run's model (the regions approach with its geometry branch, 224 px) built
+   twice from one seed, once with ``keras.layers.BatchNormalization`` in every ``conv_bn_relu`` and
+   once with ``FusedBatchNormalization``; the same batch through both: the largest difference of the
+   outputs, of the loss's gradients and of the moving statistics after one training step.
+2. Speed: a training step (forward, loss, backward, Adam) of each model on one fixed batch of 32,
+   rounds interleaved (keras, fused, keras, fused, ...), the median milliseconds per step of each and
+   the median of the per-round ratios.
+
+    python benchmarks/bench_batchnorm.py [--steps 10] [--rounds 5] [--size 224] [--precision none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from _common import write
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--precision", default="none", help="the engine's --mixed-precision: none, bfloat16, ...")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from icao_mtl.training import set_precision
+
+    set_precision(args.precision)
+
+    from icao_mtl import backbones
+    from icao_mtl.architectures import build_model, with_landmark_outputs, with_pose_outputs
+    from icao_mtl.config import GEOMETRY_DEFAULTS, TrainConfig
+    from icao_mtl.requisites import GROUPS, IDS
+
+    def model(norm):
+        fused = backbones.FusedBatchNormalization
+        backbones.FusedBatchNormalization = norm  # conv_bn_relu reads the module's name when it builds
+        try:
+            keras.utils.set_random_seed(0)
+            cfg = TrainConfig(img_size=args.size, **GEOMETRY_DEFAULTS).model_config()
+            return with_pose_outputs(with_landmark_outputs(build_model(cfg, IDS, GROUPS)))
+        finally:
+            backbones.FusedBatchNormalization = fused
+
+    models = {"keras": model(keras.layers.BatchNormalization), "fused": model(backbones.FusedBatchNormalization)}
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (32, args.size, args.size, 3)).astype(np.float32))
+
+    def loss_of(outputs):
+        return tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, "float32"))) for o in tf.nest.flatten(outputs)])
+
+    # 1. equivalence, before any step changes the weights
+    grads, outs = {}, {}
+    for name, m in models.items():
+        with tf.GradientTape() as tape:
+            out = m(x, training=True)
+            loss = loss_of(out)
+        grads[name] = tape.gradient(loss, m.trainable_variables)
+        outs[name] = tf.nest.flatten(out)
+    moving = {name: [v.numpy() for v in m.non_trainable_variables] for name, m in models.items()}
+
+    def largest(a, b):
+        return max(float(np.max(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)))) for p, q in zip(a, b))
+
+    def scale(a):
+        return max(float(np.max(np.abs(np.asarray(p, np.float64)))) for p in a)
+
+    equivalence = {"outputs_max_abs_diff": largest(outs["keras"], outs["fused"]), "outputs_max_abs": scale(outs["keras"]),
+                   "gradients_max_abs_diff": largest(grads["keras"], grads["fused"]),
+                   "gradients_max_abs": scale(grads["keras"]),
+                   "moving_statistics_max_abs_diff": largest(moving["keras"], moving["fused"])}
+    print("equivalence:", equivalence)
+
+    # 2. speed
+    steps = {}
+    for name, m in models.items():
+        optimizer = keras.optimizers.Adam(1e-3)
+
+        def step(model=m, optimizer=optimizer):
+            with tf.GradientTape() as tape:
+                loss = loss_of(model(x, training=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+            return loss
+
+        steps[name] = tf.function(step)
+        for _ in range(3):  # trace and warm up
+            steps[name]()
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            times[name].append((time.perf_counter() - start) / args.steps * 1000)
+    ratios = [k / f for k, f in zip(times["keras"], times["fused"])]
+    speed = {name: {"ms_per_step_median": round(float(np.median(t)), 1), "ms_per_step_rounds": [round(v, 1) for v in t]}
+             for name, t in times.items()}
+    speed["ratio_keras_over_fused_median"] = round(float(np.median(ratios)), 3)
+    speed["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    print("speed:", speed)
+    write("bench_batchnorm", {"args": vars(args), "model": "regions + geometry branch (the default run's)",
+                              "batch": 32, "equivalence": equivalence, "speed": speed})
+
+
+if __name__ == "__main__":
+    main()
