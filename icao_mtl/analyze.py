@@ -97,7 +97,7 @@ def gallery(run_dir: Path, task: str, kind: str = "all", n: int = 12, split: str
     chosen = np.sort(rng.choice(chosen, min(n, len(chosen)), replace=False))
     ds = split_dataset_of_run(run_dir, cfg, split)
     model = models[task] if task in models else models["model"]
-    size = int(model.input.shape[1])
+    size = int(model.inputs[0].shape[1])
     images = ImagePipeline(ds.subset(chosen), size, 32, interpolation=cfg.interpolation).images()
     maps = gradcam.compute(model, images, task, layer=layer, plus=plus)
     plt = _plt()
@@ -144,7 +144,7 @@ def region_mass(run_dir: Path, n: int = 40, split: str = "test", *, layer=None, 
         if region is None or region == "image":
             continue
         model = models[task] if task in models else models["model"]
-        size = int(model.input.shape[1])
+        size = int(model.inputs[0].shape[1])
         cand = np.flatnonzero(labels[task] == 0)
         cand = [i for i in cand if region_mask(regions[names[i]], region, 4, 4) is not None]
         if not cand:

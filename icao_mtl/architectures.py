@@ -562,13 +562,34 @@ def with_landmark_outputs(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+def geometry_reader(model: keras.Model) -> keras.Model | None:
+    """What a regions model's geometry branch finds in an image, for reports (``check``): a model from
+    the same input to ``{"points": (batch, 2P), "pose": (batch, 3)}``, the located points' ``x_1 ..
+    x_P, y_1 .. y_P`` in fractions of the image side (as :func:`with_landmark_outputs` gives them) and
+    the signed roll, yaw and pitch in units of 10 degrees (``pose.csv``'s signs); the layers are the
+    model's own. None for a model without the branch (other approaches, or regions trained with
+    ``--landmark-weight 0``)."""
+    from .data.pipeline import LANDMARK_KEY
+
+    try:
+        pose = model.get_layer(f"{HEAD_PREFIX}geometry_pose")
+        model.get_layer(f"{HEAD_PREFIX}geometry_landmark_maps")
+    except ValueError:
+        return None
+    points = with_landmark_outputs(model).output[LANDMARK_KEY]
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, {"points": points, "pose": pose.output}, name=f"{model.name}_geometry")
+
+
 def task_outputs(model: keras.Model, tasks) -> keras.Model:
     """The model restricted to the tasks' outputs (sharing its layers and weights): the inference model of
     one trained with :func:`with_severity_outputs`; ``model`` itself when it has no other output."""
     tasks = tuple(tasks)
     if set(model.output_names) == set(tasks):
         return model
-    return keras.Model(model.inputs, {t: model.get_layer(t).output for t in tasks}, name=model.name)
+    # one input stays one tensor (not a list of one): saved, the model's ``input`` is then the image's
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, {t: model.get_layer(t).output for t in tasks}, name=model.name)
 
 
 def build_stl_models(cfg: ModelConfig, tasks) -> dict[str, keras.Model]:

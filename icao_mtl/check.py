@@ -14,7 +14,10 @@ MTCNN face detector (the ``mtcnn`` package, weights inside the wheel) finds the 
 landmarks, and the photo is scaled and shifted so that the eyes fall where the synthetic portraits put
 them (:func:`icao_mtl.synth.portrait.eye_framing`). It is **not rotated**: head roll is a requisite,
 and levelling the eyes would hide it; the roll measured from the eyes is reported. Without a face the
-photo is scored as it is (padded to a square) and the report says so. ``--align cascade`` uses
+photo is scored as it is (padded to a square) and the report says so. A model with the regions
+approach's geometry branch (the default run's) also reports what it locates itself: seven face points
+in the photo's pixels and the head's roll, yaw and pitch in degrees, the pose its ``rotation`` head
+reads (:func:`located_geometry`). ``--align cascade`` uses
 scikit-image's LBP frontal-face cascade (no landmarks: the face box sets the framing), ``--align
 none`` takes the photo as framed. A file that is not an image, a truncated image, a directory or a
 tiny image gets an error of its own; the other photos are still checked, and the exit code is 1 when
@@ -308,7 +311,7 @@ class KerasPredictor:
 
     @property
     def input_size(self) -> int:
-        return int(next(iter(self.models.values())).input.shape[1])
+        return int(next(iter(self.models.values())).inputs[0].shape[1])
 
     def predict(self, images, batch_size: int = 32):
         # A direct call, not Model.predict: for the few photos of a check, predict's per-call set-up
@@ -378,6 +381,43 @@ class PhotoReport:
     requisites: dict = field(default_factory=dict)
     compliant: bool | None = None
     heatmaps: dict = field(default_factory=dict)
+    geometry: dict | None = None  # see located_geometry
+
+
+def framed_to_photo(framing: Framing, photo_shape, fx: float, fy: float) -> tuple[float, float]:
+    """Where a point of the model's input image, at fractions ``(fx, fy)`` of its side from the top-left
+    corner, lies in the photo: ``(x, y)`` in the photo's pixels from its top-left corner (continuous
+    coordinates; outside the photo where the square went past its edges)."""
+    if framing.crop:
+        x0, y0, side = framing.crop
+        return x0 + fx * side, y0 + fy * side
+    h, w = photo_shape[:2]
+    side = max(h, w)
+    shift = (side - min(h, w)) // 2  # pad_to_square centres the shorter side
+    return fx * side - (shift if w < h else 0), fy * side - (shift if h < w else 0)
+
+
+def located_geometry(reader, image: np.ndarray, framing: Framing, photo_shape) -> dict:
+    """What the model's geometry branch finds in ``image`` (the model's input, (S, S, 3)): its points
+    in the photo's pixels and as fractions of the model's input, and the head pose in degrees, the pose
+    the ``rotation`` head reads (signs as ``pose.csv``: roll clockwise as the image is seen, yaw
+    left-right, pitch up-down; rotation is non-compliant above 8 degrees on any axis)."""
+    from .data.manifest import LANDMARK_POINTS
+
+    out = reader(image[None], training=False)
+    coords = np.asarray(out["points"], np.float64)[0]
+    count = len(coords) // 2
+    names = LANDMARK_POINTS if count == len(LANDMARK_POINTS) else tuple(f"point_{i}" for i in range(count))
+    pose = np.asarray(out["pose"], np.float64)[0] * 10.0
+    points, fractions = {}, {}
+    for i, name in enumerate(names):
+        fx, fy = float(coords[i]), float(coords[count + i])
+        fractions[name] = [round(fx, 4), round(fy, 4)]
+        x, y = framed_to_photo(framing, photo_shape, fx, fy)
+        points[name] = [round(x, 1), round(y, 1)]
+    return {"points": points, "points_in_model_input": fractions,
+            "pose_degrees": {axis: round(float(v), 2) for axis, v in zip(("roll", "yaw", "pitch"), pose)},
+            "source": "the model's geometry branch (what its rotation head reads)"}
 
 
 def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str = "keras", align: str = "landmarks",
@@ -394,12 +434,15 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
         landmark_detector()  # a missing mtcnn is said before any photo is read
     if not run_dir.is_dir():
         raise ConfigError(f"Run directory {run_dir} not found. Fix: pass the directory of a training run.")
-    models = None
+    models = geometry = None
     if backend == "keras":
         from .runs import load_models
 
+        from .architectures import geometry_reader
+
         models = load_models(run_dir)
         predictor = KerasPredictor(models)
+        geometry = next((r for r in map(geometry_reader, models.values()) if r is not None), None)
     elif backend in ("savedmodel", "tflite"):
         from .export import ExportedPredictor
 
@@ -433,6 +476,8 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
         assessed = [v["verdict"] for v in req.values() if v["verdict"] != "not applicable"]
         report = PhotoReport(str(photo), True, framing=framing.__dict__, requisites=req,
                              compliant=all(v == "compliant" for v in assessed) if assessed else None)
+        if geometry is not None:
+            report.geometry = located_geometry(geometry, img, framing, rgb.shape)
         if heatmaps_dir and models is not None:
             from . import gradcam
 
@@ -461,6 +506,10 @@ def format_report(r: PhotoReport) -> str:
         thr = "" if v["threshold"] is None else f"{v['threshold']:.3f}"
         flag = " <" if v["verdict"] == "non-compliant" else ""
         lines.append(f"  {name:<14} {v['verdict']:<15} {score:>7} {thr:>9}{flag}")
+    if r.geometry:
+        pose = r.geometry["pose_degrees"]
+        lines.append("  head pose (the model's geometry branch): "
+                     + ", ".join(f"{axis} {pose[axis]:+.1f} deg" for axis in ("roll", "yaw", "pitch")))
     return "\n".join(lines) + "\n"
 
 

@@ -46,7 +46,7 @@ def export_run(run_dir, fmt: str, *, quantize: bool = False, out=None) -> Path:
     manifest = {"format": fmt, "quantized": quantize, "models": {}}
     for name, model in models.items():
         tasks = list(model.output_names)
-        size = int(model.input.shape[1])
+        size = int(model.inputs[0].shape[1])
         tmp = Path(tempfile.mkdtemp(dir=out))
         try:
             model.export(str(tmp / "sm"), format="tf_saved_model", verbose=False)

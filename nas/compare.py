@@ -140,7 +140,7 @@ def measure(run: MethodRun, repeats: int = 20) -> dict:
 
     models = _models(run.run_dir)
     metrics = run.metrics["test"]
-    size = tuple(int(d) for d in models[0].input.shape[1:])
+    size = tuple(int(d) for d in models[0].inputs[0].shape[1:])
     latency = {}
     for batch in (1, 32):
         x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, *size)).astype(np.float32))

@@ -336,6 +336,47 @@ def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small)
 
     check_resumable(out, TrainConfig(data=str(synth_small), approach="regions", epochs=5, check_images="none",
                                      tasks=["rotation", "eyes_closed"], lr=3e-3, out=str(out)))
+    # check reports where the branch puts the points and the pose it reads, in the photo's pixels
+    from icao_mtl import check
+    from icao_mtl.architectures import with_landmark_outputs, with_pose_outputs
+    from icao_mtl.data.manifest import LANDMARK_POINTS
+
+    ds = read_dataset(synth_small, check_images="none")
+    photos = [ds.paths[i] for i in range(4)]
+    reports = check.check_photos(out, photos, align="none")
+    import cv2
+
+    size = int(model.inputs[0].shape[1])  # 224: the regions model's size, the 96-px portraits resized to it
+    images = np.stack([cv2.resize(check.load_photo(p), (size, size), interpolation=cv2.INTER_AREA)
+                       for p in photos]).astype(np.float32)
+    served = with_landmark_outputs(model).predict(images, verbose=0)[LANDMARK_KEY]
+    turned = with_pose_outputs(with_landmark_outputs(model)).predict(images, verbose=0)[POSE_KEY] * 10
+    for i, report in enumerate(reports):
+        assert report.ok and list(report.geometry["points"]) == list(LANDMARK_POINTS)
+        fractions = np.array([report.geometry["points_in_model_input"][p] for p in LANDMARK_POINTS])
+        # the points the branch located, in landmarks.csv's order, rows (x, y)
+        np.testing.assert_allclose(fractions, np.stack([served[i, :7], served[i, 7:]], 1), atol=1e-4)
+        found = np.array([report.geometry["points"][p] for p in LANDMARK_POINTS])
+        np.testing.assert_allclose(found, fractions * 96, atol=0.1)  # in the 96-px photo's pixels
+        pose = report.geometry["pose_degrees"]
+        np.testing.assert_allclose([pose["roll"], pose["yaw"], pose["pitch"]], turned[i], atol=0.01)
+    assert "head pose (the model's geometry branch): roll" in check.format_report(reports[0])
+    # evaluate, analyze (Grad-CAM of rotation on the branch), check and export read the run
+    from _run_dir_commands import exercise_run_dir_commands
+
+    exercise_run_dir_commands(out, photos[0], "rotation", tmp_path)
+
+
+def test_points_of_the_model_input_are_mapped_back_to_the_photo():
+    from icao_mtl.check import Framing, framed_to_photo
+
+    cropped = Framing(faces=1, cropped=True, crop=[-20, 30, 200])  # the square went past the left edge
+    assert framed_to_photo(cropped, (400, 300, 3), 0.5, 0.25) == (80.0, 80.0)
+    wide = Framing(faces=0, cropped=False, padded=True)  # 100 x 160: 30 rows added above, 30 below
+    assert framed_to_photo(wide, (100, 160, 3), 0.5, 0.5) == (80.0, 50.0)
+    tall = Framing(faces=0, cropped=False, padded=True)  # 160 x 100: 30 columns added on each side
+    assert framed_to_photo(tall, (160, 100, 3), 0.0, 1.0) == (-30.0, 160.0)
+    assert framed_to_photo(Framing(faces=-1, cropped=False), (96, 96, 3), 0.25, 0.75) == (24.0, 72.0)
 
 
 def test_pose_weight_is_refused_before_training_without_pose_or_without_rotation(tmp_path, synth_small, data_root,

@@ -56,7 +56,7 @@ def _graph_madds(graph) -> int:
 
 def model_madds(model) -> int:
     """Multiply-adds of one image through ``model`` (a Keras model with one image input)."""
-    return measure_madds(model, tuple(int(d) for d in model.input.shape[1:]))
+    return measure_madds(model, tuple(int(d) for d in model.inputs[0].shape[1:]))
 
 
 def latency_ms(model, size: int, batch: int = 32, repeats: int = 10) -> float:
