@@ -148,7 +148,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
                                                                  is_training=True)
             # the kernel returns the unbiased (Bessel-corrected) variance; Keras averages the biased one
-            count = tf.cast(tf.size(x) // channels, "float32")
+            count = tf.cast(tf.size(x, out_type=tf.int64) // channels, "float32")
             variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
             momentum = self.momentum
             self.moving_mean.assign(self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype)

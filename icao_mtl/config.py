@@ -52,10 +52,10 @@ GEOMETRY_DEFAULTS = {"landmark_weight": 0.15, "pose_weight": 0.5}
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Defaults give the package's default run: the
-    ``regions`` approach (the whole photo at half resolution plus the eye band at full resolution,
-    one head per requisite) on the small CNN trained from scratch on the 224 px synthetic set, 24
-    epochs, milder shifts and zoom than the reference augmentation (:data:`REGIONS_AUGMENT`); about 9.5
-    minutes on 2 CPU cores, data generation included."""
+    ``regions`` approach (the whole photo at half resolution, the eye band at full resolution and the
+    geometry branch, one head per requisite) on the small CNN trained from scratch on the 224 px
+    synthetic set, 24 epochs, milder shifts and zoom than the reference augmentation
+    (:data:`REGIONS_AUGMENT`); about 17 minutes on 2 CPU cores, data generation included (README)."""
 
     # data
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
