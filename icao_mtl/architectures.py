@@ -562,23 +562,26 @@ def with_landmark_outputs(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
-def geometry_reader(model: keras.Model) -> keras.Model | None:
+def geometry_reader(model: keras.Model, pose: bool = True) -> keras.Model | None:
     """What a regions model's geometry branch finds in an image, for reports (``check``): a model from
     the same input to ``{"points": (batch, 2P), "pose": (batch, 3)}``, the located points' ``x_1 ..
     x_P, y_1 .. y_P`` in fractions of the image side (as :func:`with_landmark_outputs` gives them) and
     the signed roll, yaw and pitch in units of 10 degrees (``pose.csv``'s signs); the layers are the
-    model's own. None for a model without the branch (other approaches, or regions trained with
-    ``--landmark-weight 0``)."""
+    model's own. ``pose=False`` leaves the pose out: a run trained with ``--pose-weight 0`` has the
+    layer, but as a hidden feature of the rotation head, not angles. None for a model without the
+    branch (other approaches, or regions trained with ``--landmark-weight 0``)."""
     from .data.pipeline import LANDMARK_KEY
 
     try:
-        pose = model.get_layer(f"{HEAD_PREFIX}geometry_pose")
+        angles = model.get_layer(f"{HEAD_PREFIX}geometry_pose")
         model.get_layer(f"{HEAD_PREFIX}geometry_landmark_maps")
     except ValueError:
         return None
-    points = with_landmark_outputs(model).output[LANDMARK_KEY]
+    outputs = {"points": with_landmark_outputs(model).output[LANDMARK_KEY]}
+    if pose:
+        outputs["pose"] = angles.output
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, {"points": points, "pose": pose.output}, name=f"{model.name}_geometry")
+    return keras.Model(inputs, outputs, name=f"{model.name}_geometry")
 
 
 def task_outputs(model: keras.Model, tasks) -> keras.Model:

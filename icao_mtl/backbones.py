@@ -127,11 +127,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (``moving = momentum * moving + (1 - momentum) * batch``, with the batch's biased variance), so a
     model saved with either layer loads into the other. Falls back to the Keras computation for what
     the kernel does not do: another backend, a channel axis other than the last of a 4-D input, a
-    mask, batch renormalisation, synchronised statistics.
+    mask, batch renormalisation, synchronised statistics, float64 inputs.
     """
 
     def _fusable(self, inputs, mask) -> bool:
         return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4 and mask is None
+                and keras.backend.standardize_dtype(inputs.dtype) != "float64"  # the kernel computes in float32
                 and self.axis in (-1, 3) and not self.renorm and not getattr(self, "synchronized", False)
                 and self.epsilon >= 1.001e-5)
 

@@ -399,8 +399,8 @@ def framed_to_photo(framing: Framing, photo_shape, fx: float, fy: float) -> tupl
 
 def located_geometry(reader, image: np.ndarray, framing: Framing, photo_shape) -> dict:
     """What the model's geometry branch finds in ``image`` (the model's input, (S, S, 3)): its points
-    in the photo's pixels and as fractions of the model's input, and the head pose in degrees, the pose
-    the ``rotation`` head reads (signs as ``pose.csv``: roll clockwise as the image is seen, yaw
+    in the photo's pixels and as fractions of the model's input, and, where ``reader`` gives it (a run
+    trained with its pose term), the head pose in degrees, the pose the ``rotation`` head reads (signs as ``pose.csv``: roll clockwise as the image is seen, yaw
     left-right, pitch up-down; rotation is non-compliant above 8 degrees on any axis)."""
     from .data.manifest import LANDMARK_POINTS
 
@@ -408,16 +408,18 @@ def located_geometry(reader, image: np.ndarray, framing: Framing, photo_shape) -
     coords = np.asarray(out["points"], np.float64)[0]
     count = len(coords) // 2
     names = LANDMARK_POINTS if count == len(LANDMARK_POINTS) else tuple(f"point_{i}" for i in range(count))
-    pose = np.asarray(out["pose"], np.float64)[0] * 10.0
     points, fractions = {}, {}
     for i, name in enumerate(names):
         fx, fy = float(coords[i]), float(coords[count + i])
         fractions[name] = [round(fx, 4), round(fy, 4)]
         x, y = framed_to_photo(framing, photo_shape, fx, fy)
         points[name] = [round(x, 1), round(y, 1)]
-    return {"points": points, "points_in_model_input": fractions,
-            "pose_degrees": {axis: round(float(v), 2) for axis, v in zip(("roll", "yaw", "pitch"), pose)},
-            "source": "the model's geometry branch (what its rotation head reads)"}
+    found = {"points": points, "points_in_model_input": fractions,
+             "source": "the model's geometry branch (what its rotation head reads)"}
+    if "pose" in out:  # a run trained with --pose-weight 0 has no angles to report
+        pose = np.asarray(out["pose"], np.float64)[0] * 10.0
+        found["pose_degrees"] = {axis: round(float(v), 2) for axis, v in zip(("roll", "yaw", "pitch"), pose)}
+    return found
 
 
 def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str = "keras", align: str = "landmarks",
@@ -442,7 +444,10 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
 
         models = load_models(run_dir)
         predictor = KerasPredictor(models)
-        geometry = next((r for r in map(geometry_reader, models.values()) if r is not None), None)
+        trained = aio.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        pose = bool(trained.get("pose_weight"))  # otherwise the pose layer is a feature, not angles
+        geometry = next((r for r in (geometry_reader(m, pose=pose) for m in models.values()) if r is not None),
+                        None)
     elif backend in ("savedmodel", "tflite"):
         from .export import ExportedPredictor
 
@@ -506,7 +511,7 @@ def format_report(r: PhotoReport) -> str:
         thr = "" if v["threshold"] is None else f"{v['threshold']:.3f}"
         flag = " <" if v["verdict"] == "non-compliant" else ""
         lines.append(f"  {name:<14} {v['verdict']:<15} {score:>7} {thr:>9}{flag}")
-    if r.geometry:
+    if r.geometry and "pose_degrees" in r.geometry:
         pose = r.geometry["pose_degrees"]
         lines.append("  head pose (the model's geometry branch): "
                      + ", ".join(f"{axis} {pose[axis]:+.1f} deg" for axis in ("roll", "yaw", "pitch")))

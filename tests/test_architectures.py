@@ -94,6 +94,32 @@ def test_fused_batch_normalization_equals_keras_in_outputs_gradients_and_moving_
     np.testing.assert_allclose(twin(x, training=False), results["fused"][1], rtol=1e-4, atol=1e-4)
 
 
+def test_fused_batch_normalization_in_a_traced_step_and_frozen_equals_keras():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(1.0, 3.0, (4, 5, 6, 3)).astype("float32"))
+    results = {}
+    for name, cls in (("keras", keras.layers.BatchNormalization), ("fused", FusedBatchNormalization)):
+        layer = cls()
+        layer.build(x.shape)
+
+        def step(inputs, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                y = layer(inputs, training=True)
+                loss = tf.reduce_sum(y * tf.cos(inputs))
+            return y, tape.gradient(loss, inputs)
+
+        traced = [t.numpy() for t in tf.function(step)(x)] + [layer.moving_variance.numpy()]
+        layer.trainable = False  # frozen: inference statistics even with training=True, nothing updated
+        frozen = [t.numpy() for t in tf.function(step)(x)] + [layer.moving_variance.numpy()]
+        results[name] = traced + frozen
+    for a, b in zip(results["keras"], results["fused"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(results["fused"][2], results["fused"][5])  # frozen: moving statistics kept
+
+
 def test_fused_batch_normalization_falls_back_to_keras_for_what_the_kernel_does_not_do():
     rng = np.random.default_rng(1)
     x = rng.normal(0.0, 1.0, (4, 6, 3)).astype("float32")  # 3-D: not the fused kernel's layout
@@ -102,6 +128,10 @@ def test_fused_batch_normalization_falls_back_to_keras_for_what_the_kernel_does_
     x4 = rng.normal(0.0, 1.0, (4, 3, 5, 6)).astype("float32")  # channels first: Keras's computation
     a, b = keras.layers.BatchNormalization(axis=1), FusedBatchNormalization(axis=1)
     np.testing.assert_allclose(a(x4, training=True), b(x4, training=True), rtol=1e-5, atol=1e-5)
+    # float64: Keras computes in float64, the kernel in float32; tiny variations of a large value show it
+    x64 = (1e4 + rng.normal(0.0, 1e-3, (4, 3, 5, 6))).astype("float64")
+    a, b = keras.layers.BatchNormalization(dtype="float64"), FusedBatchNormalization(dtype="float64")
+    np.testing.assert_allclose(a(x64, training=True), b(x64, training=True), rtol=1e-9, atol=1e-9)
 
 
 def test_hc3_gives_each_group_one_row_band():

@@ -361,6 +361,16 @@ def test_a_run_with_landmarks_learns_where_the_points_are(tmp_path, synth_small)
         pose = report.geometry["pose_degrees"]
         np.testing.assert_allclose([pose["roll"], pose["yaw"], pose["pitch"]], turned[i], atol=0.01)
     assert "head pose (the model's geometry branch): roll" in check.format_report(reports[0])
+    # a run trained without the pose term has the layer only as a feature of the rotation head: no angles
+    import shutil
+
+    no_pose = tmp_path / "no_pose"
+    shutil.copytree(out, no_pose)
+    config["pose_weight"] = 0.0
+    (no_pose / "config.json").write_text(json.dumps(config))
+    bare = check.check_photos(no_pose, photos[:1], align="none")[0]
+    assert "pose_degrees" not in bare.geometry and bare.geometry["points"] == reports[0].geometry["points"]
+    assert "head pose" not in check.format_report(bare)
     # evaluate, analyze (Grad-CAM of rotation on the branch), check and export read the run
     from _run_dir_commands import exercise_run_dir_commands
 
