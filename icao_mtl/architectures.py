@@ -580,8 +580,13 @@ def geometry_reader(model: keras.Model, pose: bool = True) -> keras.Model | None
     outputs = {"points": with_landmark_outputs(model).output[LANDMARK_KEY]}
     if pose:
         outputs["pose"] = angles.output
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, outputs, name=f"{model.name}_geometry")
+    return keras.Model(_model_inputs(model), outputs, name=f"{model.name}_geometry")
+
+
+def _model_inputs(model: keras.Model):
+    """The inputs to build a model of ``model``'s layers on: one input stays one tensor, not a list of
+    one, so that a saved model's ``input`` is the image's."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 def task_outputs(model: keras.Model, tasks) -> keras.Model:
@@ -590,9 +595,7 @@ def task_outputs(model: keras.Model, tasks) -> keras.Model:
     tasks = tuple(tasks)
     if set(model.output_names) == set(tasks):
         return model
-    # one input stays one tensor (not a list of one): saved, the model's ``input`` is then the image's
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, {t: model.get_layer(t).output for t in tasks}, name=model.name)
+    return keras.Model(_model_inputs(model), {t: model.get_layer(t).output for t in tasks}, name=model.name)
 
 
 def build_stl_models(cfg: ModelConfig, tasks) -> dict[str, keras.Model]:

@@ -400,8 +400,9 @@ def framed_to_photo(framing: Framing, photo_shape, fx: float, fy: float) -> tupl
 def located_geometry(reader, image: np.ndarray, framing: Framing, photo_shape) -> dict:
     """What the model's geometry branch finds in ``image`` (the model's input, (S, S, 3)): its points
     in the photo's pixels and as fractions of the model's input, and, where ``reader`` gives it (a run
-    trained with its pose term), the head pose in degrees, the pose the ``rotation`` head reads (signs as ``pose.csv``: roll clockwise as the image is seen, yaw
-    left-right, pitch up-down; rotation is non-compliant above 8 degrees on any axis)."""
+    trained with its pose term), the head pose in degrees, the pose the ``rotation`` head reads (signs
+    as ``pose.csv``: roll clockwise as the image is seen, yaw left-right, pitch up-down; rotation is
+    non-compliant above 8 degrees on any axis)."""
     from .data.manifest import LANDMARK_POINTS
 
     out = reader(image[None], training=False)
@@ -438,9 +439,8 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
         raise ConfigError(f"Run directory {run_dir} not found. Fix: pass the directory of a training run.")
     models = geometry = None
     if backend == "keras":
-        from .runs import load_models
-
         from .architectures import geometry_reader
+        from .runs import load_models
 
         models = load_models(run_dir)
         predictor = KerasPredictor(models)
