@@ -190,6 +190,53 @@ def test_augmentation_only_in_training_and_deterministic_per_epoch(synth_small):
         assert all(int(y[t][0]) == ds.labels[match, j] for j, t in enumerate(ds.tasks))
 
 
+@pytest.mark.parametrize("fill_mode", ["nearest", "constant", "reflect"])
+def test_opencv_warp_gives_tensorflows_pixels_rounded(fill_mode):
+    """The pipeline's OpenCV warp on uint8 against TensorFlow's float32 warp, with the paper's
+    augmentation (rotation up to 20 degrees, shear, zoom, shifts, flips): every pixel within 0.5 (OpenCV
+    rounds to integers), on noise as on a photo, borders included."""
+    import skimage.data
+    import tensorflow as tf
+
+    from icao_mtl.data.pipeline import _affine_params, apply_affine, apply_affine_uint8
+
+    rng = np.random.default_rng(0)
+    photo = cv2.resize(skimage.data.astronaut(), (80, 80), interpolation=cv2.INTER_AREA)
+    images = np.stack([rng.integers(0, 256, (80, 80, 3), dtype=np.uint8), photo] * 3)
+    cfg = data.augment_config("paper")
+    params = tf.stack([_affine_params(cfg, tf.constant([5, i]), 80, 80)[0] for i in range(len(images))])
+    reference = apply_affine(tf.constant(images, tf.float32), params, fill_mode).numpy()
+    warped = apply_affine_uint8(tf.constant(images), params, fill_mode).numpy()
+    assert warped.dtype == np.uint8
+    assert np.abs(warped - reference).max() <= 0.501
+    assert np.abs(warped.astype(np.float32) - images).mean() > 10  # the warp did move the pixels
+    with pytest.raises(ValueError, match="fill_mode"):
+        apply_affine_uint8(tf.constant(images), params, "wrap")
+
+
+def test_pipeline_warps_agree_and_serve_the_same_targets(synth_small):
+    """``warp="opencv"`` (the default) and ``warp="tensorflow"`` give the same epoch: the same images in
+    the same order within 0.5, the same labels and landmarks; a ``wrap`` fill warps with TensorFlow in
+    both; an unknown warp is refused."""
+    ds = read_dataset(synth_small)
+    aug = data.augment_config("paper")
+    marks = np.full((len(ds), 4), 0.5, np.float32)
+
+    def epoch(warp, augment=aug):
+        pipe = data.ImagePipeline(ds, 64, 16, augment=augment, seed=1, landmark_targets=marks, warp=warp)
+        batches = list(pipe.train(epoch=1))
+        return np.concatenate([x.numpy() for x, _ in batches]), [y for _, y in batches]
+
+    (a, ya), (b, yb) = epoch("opencv"), epoch("tensorflow")
+    assert np.abs(a - b).max() <= 0.501
+    for p, q in zip(ya, yb):
+        assert all(np.array_equal(p[k].numpy(), q[k].numpy()) for k in p)
+    wrap = data.augment_config("paper", fill_mode="wrap")
+    np.testing.assert_array_equal(epoch("opencv", wrap)[0], epoch("tensorflow", wrap)[0])
+    with pytest.raises(ValueError, match="warp must be one of"):
+        data.ImagePipeline(ds, 64, 16, augment=aug, warp="pillow")
+
+
 def test_augment_config_validation_and_presets():
     assert data.augment_config("no_rotation").rotation == 0 and data.augment_config("paper").rotation == 20
     assert data.AUGMENT_PRESETS["none"].is_identity

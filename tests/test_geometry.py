@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from icao_mtl import data
 from icao_mtl.data import LANDMARK_KEY, LANDMARK_MAPS_KEY, POSE_KEY, read_dataset
-from icao_mtl.data.pipeline import _affine_params, apply_affine, augment_config, move_landmarks, turn_pose
+from icao_mtl.data.pipeline import (_affine_params, apply_affine, apply_affine_uint8, augment_config,
+                                    move_landmarks, turn_pose)
 from icao_mtl.losses import GradedMultiTaskLoss, MaskedMultiTaskLoss
 from icao_mtl.synth import SynthConfig, generate, portrait_landmarks, sample_portrait
 
@@ -103,11 +104,12 @@ def test_the_served_roll_is_the_angle_of_the_eye_line_in_the_augmented_image(see
     assert served[1] == pytest.approx(5.0 * flip) and served[2] == pytest.approx(-3.0)
 
 
+@pytest.mark.parametrize("warp", ["tensorflow", "opencv"])
 @pytest.mark.parametrize("seed", range(6))
-def test_served_landmarks_are_where_the_augmented_image_shows_the_points(seed):
+def test_served_landmarks_are_where_the_augmented_image_shows_the_points(seed, warp):
     """Four coloured dots at known points; after the pipeline's warp (flip, rotation, zoom, shear,
-    shifts) their centroids must be where :func:`move_landmarks` puts the points, the image-left pair
-    swapped on a flip."""
+    shifts; TensorFlow's float32 warp or the OpenCV one the pipeline uses by default) their centroids
+    must be where :func:`move_landmarks` puts the points, the image-left pair swapped on a flip."""
     size = 96
     points = np.array([[30.0, 40.0], [62.0, 44.0], [18.0, 38.0], [76.0, 47.0]])  # pixels, continuous
     img = np.zeros((size, size, 3), np.float32)
@@ -116,7 +118,11 @@ def test_served_landmarks_are_where_the_augmented_image_shows_the_points(seed):
         img[cy - 1:cy + 1, cx - 1:cx + 1, [[0], [1], [2], [0, 2]][j]] = 255.0
     cfg = augment_config("reference", rotation=20.0, zoom=0.1, width_shift=0.08, height_shift=0.08)
     params, _, turn = _affine_params(cfg, tf.constant([seed, 3]), size, size)
-    out = apply_affine(tf.constant(img[None]), params[None], "constant").numpy()[0]
+    if warp == "opencv":
+        out = apply_affine_uint8(tf.constant(img[None].astype(np.uint8)), params[None], "constant").numpy()[0]
+        out = out.astype(np.float32)
+    else:
+        out = apply_affine(tf.constant(img[None]), params[None], "constant").numpy()[0]
     moved = move_landmarks(tf.constant(points[None] / size, tf.float32), params[None], turn[None], size).numpy()[0]
     pure = [out[..., 0] * (out[..., 2] < 1), out[..., 1], out[..., 2] * (out[..., 0] < 1), np.minimum(out[..., 0],
                                                                                                     out[..., 2])]
