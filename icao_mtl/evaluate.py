@@ -1,9 +1,14 @@
-"""``python -m icao_mtl.evaluate RUN_DIR [--data PATH] [--split val,test] [--eer-method roc] [--bootstrap 1000]``
+"""``python -m icao_mtl.evaluate RUN_DIR [--data PATH] [--split val,test] [--eer-method roc] [--bootstrap 1000] [--by REQS]``
 
 Re-evaluates a finished run: on its own data and split (default), or on another dataset with the
 same tasks (``--data``: then every image of that dataset is scored, as its "test" split unless it has
 a split column). Rewrites metrics.json, the tables, scores and plots in the run directory (or in
 ``--out``), and prints the per-requisite EER table.
+
+``--by blurred,pixelation`` re-scores nothing: from the run's ``scores_<split>.csv`` (in ``--out``
+when given) it breaks every requisite's EER down into the images non-compliant for any of the named
+requisites and the others, prints the table and writes ``breakdown_<split>.md``, ``.csv`` and
+``.json`` beside them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for 95%% intervals")
     p.add_argument("--out", default=None, help="write results here instead of the run directory")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--by", default=None, help="requisites (comma-separated): EER with and without their defects, "
+                                             "from the saved scores")
     args = p.parse_args(argv)
+    if args.by is not None:
+        return breakdown(Path(args.out) if args.out else Path(args.run_dir), args.by, args.split,
+                         method=args.eer_method, quiet=args.quiet)
     from . import data
     from .runs import evaluate_run, load_run, make_pipelines, prepare_data
 
@@ -58,6 +68,37 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else run_dir
     out.mkdir(parents=True, exist_ok=True)
     evaluate_run(out, cfg, models, pipes, splits, verbose=0 if args.quiet else 1, splits_to_do=splits_to_do)
+    return 0
+
+
+def breakdown(run_dir: Path, by: str, splits: str, *, method: str | None = None, quiet: bool = False) -> int:
+    """``--by``: the breakdown of every split in ``splits`` from ``run_dir/scores_<split>.csv``."""
+    from . import io as aio
+    from .metrics import evaluate_by_condition
+    from .reports import compare_table
+    from .runs import read_scores
+
+    condition = [t.strip() for t in by.split(",") if t.strip()]
+    for split in (s.strip() for s in splits.split(",") if s.strip()):
+        _, scores, labels = read_scores(run_dir / f"scores_{split}.csv")
+        unknown = [t for t in condition if t not in labels]
+        if not condition or unknown:
+            raise IcaoMtlError(f"--by {by!r}: {', '.join(unknown) or 'no requisite'} is not a requisite of "
+                               f"{run_dir / f'scores_{split}.csv'}. Fix: name some of {', '.join(labels)}.")
+        result = evaluate_by_condition(labels, scores, condition, method=method or "fvc")
+        named = ", ".join(condition)
+        columns = {f"all ({result['n']['all']})": {split: result["all"]},
+                   f"without: compliant for {named} ({result['n']['without']})": {split: result["without"]},
+                   f"with: non-compliant for any of {named} ({result['n']['with']})": {split: result["with"]}}
+        md, csv_text = compare_table(columns, split)
+        note = (f"\nEER % of every requisite on the {split} split, on all its images and on the two parts "
+                f"that {named} separate (images in brackets). A requisite of the condition has one class in "
+                "'without' (n/a, left out of that column's mean and median).\n")
+        aio.write_text(run_dir / f"breakdown_{split}.md", md + note)
+        aio.write_text(run_dir / f"breakdown_{split}.csv", csv_text)
+        aio.write_json(run_dir / f"breakdown_{split}.json", result)
+        if not quiet:
+            print(f"{split} split, by {named}:\n{md}")
     return 0
 
 

@@ -366,3 +366,35 @@ def summarize(per_task: dict[str, TaskMetrics]) -> dict:
         "undefined": undefined,
         "note": note,
     }
+
+
+def evaluate_by_condition(labels: dict, scores: dict, condition, *, method: str = "fvc") -> dict:
+    """Every task's EER on all images and on the two parts that ``condition`` separates: the images
+    non-compliant (label 0) for at least one task of ``condition`` ("with"), and the others ("without":
+    compliant or not applicable for all of them). E.g. ``condition=("blurred", "pixelation")`` asks how
+    much of each requisite's error comes from degraded photos.
+
+    Args:
+        labels, scores: dicts task -> array of shape (n,), as :func:`evaluate_tasks`.
+        condition: task ids, each a key of ``labels``.
+
+    Returns:
+        ``{"condition": [...], "n": {"all", "with", "without"}: images, "all" / "with" / "without":
+        the :func:`summarize` of that part}``. A condition's own task has one class in "without" (EER
+        undefined there, left out of that part's mean and median).
+    """
+    condition = list(condition)
+    unknown = [t for t in condition if t not in labels]
+    if not condition or unknown:
+        raise ValueError(f"The condition must name tasks of the labels ({', '.join(labels)}). Received: "
+                         f"{condition or 'nothing'}")
+    first = next(iter(labels.values()))
+    hit = np.zeros(len(first), bool)
+    for t in condition:
+        hit |= np.asarray(labels[t]) == 0
+    parts = {"all": np.ones(len(first), bool), "with": hit, "without": ~hit}
+    out = {"condition": condition, "n": {name: int(mask.sum()) for name, mask in parts.items()}}
+    for name, mask in parts.items():
+        out[name] = summarize(evaluate_tasks({t: np.asarray(v)[mask] for t, v in labels.items()},
+                                             {t: np.asarray(scores[t])[mask] for t in labels}, method=method))
+    return out

@@ -97,3 +97,42 @@ def test_resume_needs_a_run_and_a_second_run_into_the_same_directory_is_refused(
     assert "already holds a run" in capsys.readouterr().err
     assert train.main(["--resume", "--out", str(out.parent / "nothing_here")]) == 2
     assert "Nothing to resume" in capsys.readouterr().err
+
+
+def test_evaluate_by_breaks_each_eer_down_from_the_saved_scores(tmp_path, capsys):
+    """``--by blurred,pixelation`` re-scores nothing: from scores_test.csv alone it gives each requisite's
+    EER on the images non-compliant for either and on the others, equal to the EER of those rows; a
+    name that is not a requisite of the scores is refused with the valid ones."""
+    import numpy as np
+
+    from icao_mtl.metrics import equal_error_rate
+    from icao_mtl.runs import _write_scores
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = {t: rng.choice([1, 0], n, p=[0.7, 0.3]) for t in ("blurred", "pixelation", "l_away")}
+    labels["l_away"][rng.random(n) < 0.1] = -1
+    degraded = (labels["blurred"] == 0) | (labels["pixelation"] == 0)
+    # gaze is well separated on sharp photos and barely on degraded ones
+    noise = np.where(degraded, 2.0, 0.3)
+    scores = {t: 1 / (1 + np.exp(-(2 * labels[t] - 1 + noise * rng.standard_normal(n)))) for t in labels}
+    _write_scores(tmp_path / "scores_test.csv", [f"{i}.png" for i in range(n)], scores, labels)
+
+    assert evaluate.main([str(tmp_path), "--by", "blurred,pixelation", "--split", "test"]) == 0
+    result = json.loads((tmp_path / "breakdown_test.json").read_text())
+    assert result["n"] == {"all": n, "with": int(degraded.sum()), "without": int((~degraded).sum())}
+    for part, mask in (("with", degraded), ("without", ~degraded)):
+        y, s = labels["l_away"][mask], np.round(scores["l_away"][mask], 6)
+        expected = equal_error_rate(y[y >= 0], s[y >= 0]).eer
+        assert result[part]["per_requisite"]["l_away"]["eer"] == pytest.approx(expected, abs=1e-9)
+    assert result["with"]["per_requisite"]["l_away"]["eer"] > 2 * result["without"]["per_requisite"]["l_away"]["eer"]
+    assert result["without"]["per_requisite"]["blurred"]["eer"] is None  # one class there: n/a
+    shown = capsys.readouterr().out
+    assert "with: non-compliant for any of blurred, pixelation" in shown and "| L. Away |" in shown
+    assert (tmp_path / "breakdown_test.md").is_file() and (tmp_path / "breakdown_test.csv").is_file()
+
+    assert evaluate.main([str(tmp_path), "--by", "blur", "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "blur is not a requisite" in err and "pixelation" in err
+    assert evaluate.main([str(tmp_path), "--by", "blurred", "--split", "val"]) == 2
+    assert "scores_val.csv not found" in capsys.readouterr().err
