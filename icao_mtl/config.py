@@ -103,6 +103,8 @@ class TrainConfig:
     monitor: str = "val_accuracy"
     patience: int | None = None
     interpolation: str = "bilinear"
+    # how augmented images are warped: opencv (uint8, the default since 2026-12-07) or tensorflow (float32)
+    warp: str = "opencv"
     cache: bool = True
     # evaluation
     eer_method: str = "fvc"
@@ -121,6 +123,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         if "split_seed" not in d and "seed" in d:  # written before the split had its own seed: it used --seed
             d = {**d, "split_seed": d["seed"]}
+        if "warp" not in d and names - set(d) == {"warp"}:  # a run's whole configuration, from before the
+            d = {**d, "warp": "tensorflow"}  # OpenCV warp: it was trained (and resumes) with TensorFlow's
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"Unknown configuration keys {unknown}. Fix: remove them; valid keys are "
@@ -224,6 +228,10 @@ class TrainConfig:
         if self.monitor not in MONITORS or not self.monitor.startswith("val_"):
             raise ConfigError(f"monitor must be val_accuracy (the paper), val_loss (the reference code) or val_eer. "
                               f"Received: {self.monitor!r}.")
+        from .data.pipeline import WARPS
+
+        if self.warp not in WARPS:
+            raise ConfigError(f"warp must be one of {', '.join(WARPS)}. Received: {self.warp!r}.")
         if self.eer_method not in ("fvc", "roc"):
             raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
         if not isinstance(self.keypoints, int) or self.keypoints < 0:

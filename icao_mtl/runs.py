@@ -121,7 +121,7 @@ def make_pipelines(cfg: TrainConfig, splits) -> dict:
     pose = splits.train.pose if cfg.pose_weight else None
     marks = splits.train.landmarks if cfg.landmark_weight else None
     return {"train": ImagePipeline(splits.train, augment=cfg.augment_config(), severity_targets=graded,
-                                   pose_targets=pose, landmark_targets=marks, **common),
+                                   pose_targets=pose, landmark_targets=marks, warp=cfg.warp, **common),
             "val": ImagePipeline(splits.val, **common), "test": ImagePipeline(splits.test, **common)}
 
 

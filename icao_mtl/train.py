@@ -30,7 +30,7 @@ _FLAGS = {
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
-    "keypoints": int,
+    "keypoints": int, "warp": str,
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
@@ -65,6 +65,8 @@ _HELP = {
     "monitor": "model selection: val_accuracy (the paper), val_loss (the reference code) or val_eer",
     "patience": "early stopping patience in epochs (default: none, as in the paper)",
     "interpolation": "resize: bilinear (default) or nearest (the reference code)",
+    "warp": "augmentation warp: opencv (default; uint8) or tensorflow (float32, about four times the CPU; "
+            "runs trained before 2026-12-07 used it and resume with it)",
     "eer_method": "fvc (default, FVC2000 / pyeer) or roc (interpolated ROC crossing)",
     "bootstrap": "bootstrap resamples for 95%% EER intervals (default 0: none)",
     "seed": "seed of initialisation, shuffling, augmentation and dropout (default 0)",

@@ -231,6 +231,9 @@ def test_pipeline_warps_agree_and_serve_the_same_targets(synth_small):
     assert np.abs(a - b).max() <= 0.501
     for p, q in zip(ya, yb):
         assert all(np.array_equal(p[k].numpy(), q[k].numpy()) for k in p)
+    brighter = data.augment_config("paper", intensity=0.3)  # the gain applies after either warp
+    (c, _), (d, _) = epoch("opencv", brighter), epoch("tensorflow", brighter)
+    assert np.abs(c - d).max() <= 0.501 * 1.3 + 1e-4 and np.abs(c - a).max() > 20
     wrap = data.augment_config("paper", fill_mode="wrap")
     np.testing.assert_array_equal(epoch("opencv", wrap)[0], epoch("tensorflow", wrap)[0])
     with pytest.raises(ValueError, match="warp must be one of"):

@@ -218,6 +218,36 @@ def test_float16_mixed_precision_uses_loss_scaling():
         set_precision("none")
 
 
+def test_the_warp_is_part_of_a_runs_configuration_and_older_runs_resume_with_theirs(tmp_path):
+    """A run records how its augmentation was warped: OpenCV by default, ``--warp tensorflow`` on
+    request; a whole configuration written before the option existed reads as TensorFlow's warp (what
+    it trained with), so resuming it with today's default is refused with the fix, and a partial
+    configuration file gets the default. The cached features of a search are keyed by the warp."""
+    import dataclasses
+
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.errors import ConfigError, ResumeError
+    from icao_mtl.runs import check_resumable
+    from icao_mtl.train import build_parser, config_from_args
+    from nas.depth.features import FeatureKey
+
+    assert TrainConfig().warp == "opencv" and TrainConfig().to_dict()["warp"] == "opencv"
+    assert config_from_args(build_parser().parse_args(["--warp", "tensorflow"])).warp == "tensorflow"
+    with pytest.raises(ConfigError, match="warp must be one of opencv, tensorflow"):
+        TrainConfig(warp="pillow").validate()
+    before = {k: v for k, v in TrainConfig(epochs=3).to_dict().items() if k != "warp"}
+    assert TrainConfig.from_dict(before).warp == "tensorflow"
+    assert TrainConfig.from_dict({"epochs": 3}).warp == "opencv"
+    (tmp_path / "config.json").write_text(json.dumps(before))
+    with pytest.raises(ResumeError, match="warp: 'tensorflow' in the run, 'opencv' now") as err:
+        check_resumable(tmp_path, TrainConfig(epochs=3))
+    assert "Fix:" in str(err.value)
+    check_resumable(tmp_path, TrainConfig(epochs=3, warp="tensorflow"))
+    stored = config_from_args(build_parser().parse_args(["--resume", "--out", str(tmp_path)]))
+    assert stored.warp == "tensorflow"  # --resume --out alone continues with the run's own warp
+    assert "warp" in {f.name for f in dataclasses.fields(FeatureKey)}
+
+
 def test_paper_presets_are_valid_configurations():
     from icao_mtl.config import PAPER_PRESETS, TrainConfig
 

@@ -50,16 +50,18 @@ class FeatureKey:
     views: int
     seed: int
     interpolation: str
+    warp: str  # how the augmented views were warped (files cached before the OpenCV warp are rebuilt)
 
     @classmethod
     def make(cls, splits: Splits, backbone: str, weights: str, image_size: int, alpha: float, augment, views: int,
-             seed: int, interpolation: str = "bilinear") -> "FeatureKey":
+             seed: int, interpolation: str = "bilinear", warp: str = "opencv") -> "FeatureKey":
         parts = [splits[s].fingerprint() + ":" + ",".join(splits[s].names[:3]) + f":{len(splits[s])}"
                  for s in ("train", "val", "test")]
         dataset = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
         w = weights if weights in ("none", "imagenet", None) else f"file:{_file_digest(weights)}"
         aug = json.dumps(augment.to_dict() if augment is not None else None, sort_keys=True)
-        return cls(dataset, backbone, str(w), int(image_size), float(alpha), aug, int(views), int(seed), interpolation)
+        return cls(dataset, backbone, str(w), int(image_size), float(alpha), aug, int(views), int(seed), interpolation,
+                   warp if augment is not None else "none")
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
