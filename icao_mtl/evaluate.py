@@ -35,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                                              "from the saved scores")
     args = p.parse_args(argv)
     if args.by is not None:
+        ignored = [flag for flag, v in (("--data", args.data), ("--mapping", args.mapping),
+                                        ("--bootstrap", args.bootstrap)) if v is not None]
+        if ignored:
+            raise IcaoMtlError(f"--by reads the saved scores and re-scores nothing, so {', '.join(ignored)} would do "
+                               "nothing. Fix: evaluate first (python -m icao_mtl.evaluate RUN_DIR --data OTHER --out "
+                               "DIR), then break it down (python -m icao_mtl.evaluate RUN_DIR --out DIR --by ...).")
         return breakdown(Path(args.out) if args.out else Path(args.run_dir), args.by, args.split,
-                         method=args.eer_method, quiet=args.quiet)
+                         method=args.eer_method, quiet=args.quiet, where="--out" if args.out else "the run directory")
     from . import data
     from .runs import evaluate_run, load_run, make_pipelines, prepare_data
 
@@ -71,29 +77,52 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def breakdown(run_dir: Path, by: str, splits: str, *, method: str | None = None, quiet: bool = False) -> int:
-    """``--by``: the breakdown of every split in ``splits`` from ``run_dir/scores_<split>.csv``."""
+def breakdown(run_dir: Path, by: str, splits: str, *, method: str | None = None, quiet: bool = False,
+              where: str = "the run directory") -> int:
+    """``--by``: the breakdown of every split in ``splits`` from ``run_dir/scores_<split>.csv``, with
+    ``method`` or else the EER method of ``run_dir/metrics.json`` (the numbers of its "all" column)."""
+    import json
+
     from . import io as aio
     from .metrics import evaluate_by_condition
     from .reports import compare_table
     from .runs import read_scores
 
     condition = [t.strip() for t in by.split(",") if t.strip()]
+    if not condition:
+        raise IcaoMtlError(f"--by {by!r} names no requisite. Fix: name one or more, comma-separated, e.g. "
+                           "--by blurred,pixelation.")
+    if method is None:
+        stored = run_dir / "metrics.json"
+        method = json.loads(stored.read_text()).get("eer_method", "fvc") if stored.is_file() else "fvc"
     for split in (s.strip() for s in splits.split(",") if s.strip()):
-        _, scores, labels = read_scores(run_dir / f"scores_{split}.csv")
+        path = run_dir / f"scores_{split}.csv"
+        if not path.is_file():
+            raise IcaoMtlError(f"{path} not found: --by reads the scores that an evaluation saved in {where}. Fix: "
+                               f"evaluate the {split} split there first (python -m icao_mtl.evaluate RUN_DIR"
+                               f"{' --out ' + str(run_dir) if where == '--out' else ''} --split {split}), or choose "
+                               "another --split.")
+        _, scores, labels = read_scores(path)
         unknown = [t for t in condition if t not in labels]
-        if not condition or unknown:
-            raise IcaoMtlError(f"--by {by!r}: {', '.join(unknown) or 'no requisite'} is not a requisite of "
-                               f"{run_dir / f'scores_{split}.csv'}. Fix: name some of {', '.join(labels)}.")
-        result = evaluate_by_condition(labels, scores, condition, method=method or "fvc")
+        if unknown:
+            raise IcaoMtlError(f"--by {by!r}: {', '.join(unknown)} is not a requisite of {path}. Fix: name some of "
+                               f"{', '.join(labels)}.")
+        result = evaluate_by_condition(labels, scores, condition, method=method)
         named = ", ".join(condition)
+        if result["n"]["with"] == 0:
+            raise IcaoMtlError(f"No image of {path} is non-compliant for {named}, so there is nothing to break down. "
+                               "Fix: name requisites with non-compliant images in this split, or choose another "
+                               "--split.")
+        result["eer_method"] = method
         columns = {f"all ({result['n']['all']})": {split: result["all"]},
-                   f"without: compliant for {named} ({result['n']['without']})": {split: result["without"]},
+                   f"without: compliant or not applicable for {named} ({result['n']['without']})":
+                       {split: result["without"]},
                    f"with: non-compliant for any of {named} ({result['n']['with']})": {split: result["with"]}}
         md, csv_text = compare_table(columns, split)
-        note = (f"\nEER % of every requisite on the {split} split, on all its images and on the two parts "
-                f"that {named} separate (images in brackets). A requisite of the condition has one class in "
-                "'without' (n/a, left out of that column's mean and median).\n")
+        note = (f"\nEER % ({method}) of every requisite on the {split} split, on all its images and on the two "
+                f"parts that {named} separate (images in brackets). n/a: one class only in that part (a "
+                "requisite of the condition in 'without', or in 'with' when the condition is that requisite "
+                "alone); left out of that column's mean and median.\n")
         aio.write_text(run_dir / f"breakdown_{split}.md", md + note)
         aio.write_text(run_dir / f"breakdown_{split}.csv", csv_text)
         aio.write_json(run_dir / f"breakdown_{split}.json", result)

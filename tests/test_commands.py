@@ -101,8 +101,9 @@ def test_resume_needs_a_run_and_a_second_run_into_the_same_directory_is_refused(
 
 def test_evaluate_by_breaks_each_eer_down_from_the_saved_scores(tmp_path, capsys):
     """``--by blurred,pixelation`` re-scores nothing: from scores_test.csv alone it gives each requisite's
-    EER on the images non-compliant for either and on the others, equal to the EER of those rows; a
-    name that is not a requisite of the scores is refused with the valid ones."""
+    EER on the images non-compliant for either (not-applicable ones count as not non-compliant) and on
+    the others, equal to the EER of those rows with the run's EER method; options it would ignore,
+    names that are not requisites, and a condition no image meets are refused with the fix."""
     import numpy as np
 
     from icao_mtl.metrics import equal_error_rate
@@ -110,20 +111,24 @@ def test_evaluate_by_breaks_each_eer_down_from_the_saved_scores(tmp_path, capsys
 
     rng = np.random.default_rng(0)
     n = 400
-    labels = {t: rng.choice([1, 0], n, p=[0.7, 0.3]) for t in ("blurred", "pixelation", "l_away")}
+    labels = {t: rng.choice([1, 0], n, p=[0.7, 0.3]) for t in ("blurred", "pixelation", "l_away", "veil")}
     labels["l_away"][rng.random(n) < 0.1] = -1
+    labels["blurred"][rng.random(n) < 0.1] = -1
+    labels["veil"][:] = 1
     degraded = (labels["blurred"] == 0) | (labels["pixelation"] == 0)
     # gaze is well separated on sharp photos and barely on degraded ones
     noise = np.where(degraded, 2.0, 0.3)
     scores = {t: 1 / (1 + np.exp(-(2 * labels[t] - 1 + noise * rng.standard_normal(n)))) for t in labels}
     _write_scores(tmp_path / "scores_test.csv", [f"{i}.png" for i in range(n)], scores, labels)
+    (tmp_path / "metrics.json").write_text(json.dumps({"eer_method": "roc"}))
 
     assert evaluate.main([str(tmp_path), "--by", "blurred,pixelation", "--split", "test"]) == 0
     result = json.loads((tmp_path / "breakdown_test.json").read_text())
     assert result["n"] == {"all": n, "with": int(degraded.sum()), "without": int((~degraded).sum())}
-    for part, mask in (("with", degraded), ("without", ~degraded)):
+    assert result["eer_method"] == "roc"
+    for part, mask in (("with", degraded), ("without", ~degraded), ("all", np.ones(n, bool))):
         y, s = labels["l_away"][mask], np.round(scores["l_away"][mask], 6)
-        expected = equal_error_rate(y[y >= 0], s[y >= 0]).eer
+        expected = equal_error_rate(y[y >= 0], s[y >= 0], method="roc").eer
         assert result[part]["per_requisite"]["l_away"]["eer"] == pytest.approx(expected, abs=1e-9)
     assert result["with"]["per_requisite"]["l_away"]["eer"] > 2 * result["without"]["per_requisite"]["l_away"]["eer"]
     assert result["without"]["per_requisite"]["blurred"]["eer"] is None  # one class there: n/a
@@ -131,8 +136,12 @@ def test_evaluate_by_breaks_each_eer_down_from_the_saved_scores(tmp_path, capsys
     assert "with: non-compliant for any of blurred, pixelation" in shown and "| L. Away |" in shown
     assert (tmp_path / "breakdown_test.md").is_file() and (tmp_path / "breakdown_test.csv").is_file()
 
-    assert evaluate.main([str(tmp_path), "--by", "blur", "--split", "test"]) == 2
-    err = capsys.readouterr().err
-    assert "blur is not a requisite" in err and "pixelation" in err
-    assert evaluate.main([str(tmp_path), "--by", "blurred", "--split", "val"]) == 2
-    assert "scores_val.csv not found" in capsys.readouterr().err
+    refusals = [(["--by", "blur"], ["blur is not a requisite", "pixelation"]),
+                (["--by", ","], ["names no requisite"]),
+                (["--by", "veil"], ["No image", "non-compliant for veil"]),
+                (["--by", "blurred", "--data", "elsewhere", "--bootstrap", "100"], ["--data, --bootstrap", "Fix"]),
+                (["--by", "blurred", "--split", "val"], ["scores_val.csv not found", "the run directory"])]
+    for extra, words in refusals:
+        assert evaluate.main([str(tmp_path), "--split", "test", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), (extra, err)
