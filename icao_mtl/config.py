@@ -104,7 +104,7 @@ class TrainConfig:
     patience: int | None = None
     interpolation: str = "bilinear"
     # how augmented images are warped: opencv (uint8, the default since 2026-12-07) or tensorflow (float32)
-    warp: str = "opencv"
+    warp: str = "opencv"  # = data.pipeline.DEFAULT_WARP (not imported here: the config stays light)
     cache: bool = True
     # evaluation
     eer_method: str = "fvc"

@@ -2,7 +2,8 @@
 
 An :class:`ImagePipeline` serves one split. Images are decoded and resized once, cached as uint8
 (in memory or in a file) and then, for training, shuffled and augmented anew each epoch (one affine
-warp per image, by OpenCV on the uint8 images: :func:`apply_affine_uint8`). Augmentation draws its parameters with stateless random ops seeded by ``(seed, epoch, image)``, so
+warp per image, by OpenCV on the uint8 images: :func:`apply_affine_uint8`). Augmentation draws its
+parameters with stateless random ops seeded by ``(seed, epoch, image)``, so
 epoch ``e`` sees the same images in the same order with the same augmentations whether or not the
 run was interrupted and resumed before it. Validation and test pipelines never augment.
 
@@ -184,6 +185,8 @@ def apply_affine(images, params, fill_mode: str = "nearest", interpolation: str 
 _CV_BORDERS = {"nearest": "BORDER_REPLICATE", "constant": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT"}
 #: How :class:`ImagePipeline` warps its augmented batches (its ``warp`` argument).
 WARPS = ("opencv", "tensorflow")
+#: The warp of a pipeline (and of a run, a search's cached features) that names none.
+DEFAULT_WARP = "opencv"
 
 
 def _warp_arrays(images: np.ndarray, params: np.ndarray, fill_mode) -> np.ndarray:
@@ -252,7 +255,7 @@ class ImagePipeline:
     def __init__(self, ds: LabeledDataset, image_size: int, batch_size: int = 32, *,
                  augment: AugmentConfig | None = None, preprocess=None, cache=True,
                  interpolation: str = "bilinear", seed: int = 0, num_parallel_calls=None, severity_targets=None,
-                 pose_targets=None, landmark_targets=None, warp: str = "opencv"):
+                 pose_targets=None, landmark_targets=None, warp: str = DEFAULT_WARP):
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer of at least 8 pixels. Received: {image_size!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

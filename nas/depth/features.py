@@ -27,6 +27,7 @@ import numpy as np
 
 from icao_mtl import io as aio
 from icao_mtl.data import ImagePipeline, LabeledDataset, Splits
+from icao_mtl.data.pipeline import DEFAULT_WARP
 
 
 def _file_digest(path: str) -> str:
@@ -54,7 +55,7 @@ class FeatureKey:
 
     @classmethod
     def make(cls, splits: Splits, backbone: str, weights: str, image_size: int, alpha: float, augment, views: int,
-             seed: int, interpolation: str = "bilinear", warp: str = "opencv") -> "FeatureKey":
+             seed: int, interpolation: str = "bilinear", warp: str = DEFAULT_WARP) -> "FeatureKey":
         parts = [splits[s].fingerprint() + ":" + ",".join(splits[s].names[:3]) + f":{len(splits[s])}"
                  for s in ("train", "val", "test")]
         dataset = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
