@@ -176,17 +176,18 @@ def test_search_retrain_resume_and_baselines_end_to_end(synth_small, tmp_path):
     out = tmp_path / "bmtas"
     # a large architecture learning rate, so that the few architecture steps of this small run suffice
     cfg = BranchingConfig(data=str(synth_small), img_size=32, epochs=5, warmup=1, batch_size=16, arch_fraction=0.4,
-                          arch_lr=0.5, retrain_epochs=2, lambdas=[1000.0], out=str(out), verbose=0)
+                          arch_lr=0.5, cost="meet", retrain_epochs=2, lambdas=[1000.0], out=str(out), verbose=0)
     result = run(cfg)
     trace = json.loads((out / "lambda_1000" / "trace.json").read_text())
     assert [e["phase"] for e in trace] == ["warmup"] + ["search"] * 4
     assert trace[1]["temperature"] == pytest.approx(5.0) and trace[-1]["temperature"] == pytest.approx(0.1)
     assert np.allclose(trace[0]["probabilities"], 0.25)  # the warm-up leaves alpha at zero
-    # a huge lambda drives the expected cost towards full sharing (1.0); full collapse needs a longer
-    # search (the slow test below): this large learning rate saturates some routes early
+    # a huge lambda drives the expected cost from the uniform routes' (the warm-up's entry) to full
+    # sharing (1.0): with the exact cost of the built network (meet) within these 4 search epochs, for
+    # seeds 0, 1 and 2 (measured 2026-12-07; the chain loss stopped at 2.16, 1.34 and 1.15 copies)
     big = result.structures["lambda_1000"]
-    assert trace[-1]["expected_cost"] < 0.6 * trace[1]["expected_cost"]
-    assert big["copies"][0] == 1 and sum(big["copies"]) < 4 * len(big["copies"])
+    assert trace[0]["expected_cost"] > 3.0
+    assert trace[-1]["expected_cost"] < 1.05 and big["copies"] == [1, 1, 1, 1]
     for f in ("structure.json", "tree.png", "trace.png", "branched/model.keras", "branched/metrics.json",
               "branched/far_frr.png", "branched/table.md"):
         assert (out / "lambda_1000" / f).is_file(), f
@@ -231,11 +232,17 @@ def test_command_errors_before_any_work(synth_small, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_large_lambda_collapses_to_full_sharing(synth_small, tmp_path):
-    """Spec §8.8 item 14 with the reference's learning rates: a very large lambda ends with every unit
-    on the same copy of every layer (the Shared network's cost)."""
+@pytest.mark.parametrize("seed", [0, 1])
+def test_large_lambda_collapses_to_full_sharing(synth_small, tmp_path, seed):
+    """Spec §8.8 item 14: a very large lambda ends with every unit on the same copy of every layer (the
+    Shared network's cost). With the exact cost of the built network (meet) and an architecture
+    learning rate for this search's 200 architecture steps (the reference takes some 19,000 at 1e-2).
+    The chain loss, or 1e-2 here, can stop in a consistent split tree, a local minimum of the resource
+    loss (test_nas_partitions); measured 2026-12-07: chain at 5e-2 ended [1, 1, 1, 2] and [1, 2, 2, 2]
+    for these two seeds, chain at 1e-2 [1, 1, 3, 3] and [1, 2, 3, 3], meet at 5e-2 [1, 1, 1, 1] for both."""
     cfg = BranchingConfig(data=str(synth_small), img_size=32, epochs=24, warmup=1, batch_size=8, arch_fraction=0.4,
-                          retrain_epochs=0, lambdas=[1000.0], out=str(tmp_path / "b"), verbose=0)
+                          arch_lr=0.05, cost="meet", retrain_epochs=0, lambdas=[1000.0], out=str(tmp_path / "b"),
+                          seed=seed, verbose=0)
     info = run(cfg).structures["lambda_1000"]
     trace = json.loads((tmp_path / "b" / "lambda_1000" / "trace.json").read_text())
     assert info["copies"] == [1, 1, 1, 1]

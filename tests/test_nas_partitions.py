@@ -137,6 +137,35 @@ def test_minimising_the_resource_loss_alone_collapses_to_full_sharing(seed):
     assert all(len(set(row)) == 1 for row in config)  # every unit on the same op, every layer
 
 
+@pytest.mark.parametrize("semantics", ["chain", "meet"])
+def test_a_consistent_split_tree_is_a_local_minimum_of_the_resource_loss(semantics):
+    """Why a large lambda need not end in full sharing: once the routes form a consistent tree (here
+    units {0, 3} and {1, 2} apart from layer 1 on), no one unit's move at one layer lowers the cost
+    (under the chain semantics it raises it: a layer that stops refining the one before is charged T
+    copies), so descent on the resource loss alone stays there; only the task losses' noise moves it."""
+    costs = [0.25] * 4
+    loss = P.ResourceLoss(4, 4, costs, semantics=semantics)
+    start = np.zeros((4, 4, 4), np.float32)
+    start[0, :, 0] = 3.0
+    start[1:, [0, 3], 0] = 3.0
+    start[1:, [1, 2], 1] = 3.0
+    alpha = tf.Variable(start)
+    opt = keras.optimizers.Adam(0.05)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            value = loss(alpha)
+        opt.apply_gradients([(tape.gradient(value, alpha), alpha)])
+
+    for _ in range(400):
+        step()
+    config = P.discretize(alpha.numpy())
+    assert config.tolist() == P.discretize(start).tolist()
+    assert float(loss(alpha)) == pytest.approx(P.architecture_cost(config, costs), abs=0.01)  # 1 + 2 + 2 + 2 copies
+    assert P.architecture_cost(config, costs) == pytest.approx(1.75)
+
+
 def test_pairwise_surrogate_is_exact_at_the_extremes_and_a_lower_bound_of_the_meet_cost():
     costs = [1.0, 2.0]
     for units in (2, 3, 4):
