@@ -117,12 +117,9 @@ def test_the_limits_of_full_sharing_and_full_separation():
     assert float(loss(separate)) == pytest.approx(9.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_minimising_the_resource_loss_alone_collapses_to_full_sharing(seed):
-    costs = [1.0, 2.0, 0.5]
-    loss = P.ResourceLoss(3, 3, costs)
-    alpha = tf.Variable(tf.random.stateless_normal((3, 3, 3), (seed, 0), stddev=0.1))
-    opt = keras.optimizers.Adam(0.05)
+def _descend(loss, alpha, lr=0.05, steps=400):
+    """Adam on the resource loss alone: ``alpha`` (a tf.Variable) updated in place."""
+    opt = keras.optimizers.Adam(lr)
 
     @tf.function
     def step():
@@ -130,8 +127,16 @@ def test_minimising_the_resource_loss_alone_collapses_to_full_sharing(seed):
             value = loss(alpha)
         opt.apply_gradients([(tape.gradient(value, alpha), alpha)])
 
-    for _ in range(400):
+    for _ in range(steps):
         step()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_minimising_the_resource_loss_alone_collapses_to_full_sharing(seed):
+    costs = [1.0, 2.0, 0.5]
+    loss = P.ResourceLoss(3, 3, costs)
+    alpha = tf.Variable(tf.random.stateless_normal((3, 3, 3), (seed, 0), stddev=0.1))
+    _descend(loss, alpha)
     assert float(loss(alpha)) == pytest.approx(3.5, abs=0.03)
     config = P.discretize(alpha.numpy())
     assert all(len(set(row)) == 1 for row in config)  # every unit on the same op, every layer
@@ -150,16 +155,7 @@ def test_a_consistent_split_tree_is_a_local_minimum_of_the_resource_loss(semanti
     start[1:, [0, 3], 0] = 3.0
     start[1:, [1, 2], 1] = 3.0
     alpha = tf.Variable(start)
-    opt = keras.optimizers.Adam(0.05)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            value = loss(alpha)
-        opt.apply_gradients([(tape.gradient(value, alpha), alpha)])
-
-    for _ in range(400):
-        step()
+    _descend(loss, alpha)
     config = P.discretize(alpha.numpy())
     assert config.tolist() == P.discretize(start).tolist()
     assert float(loss(alpha)) == pytest.approx(P.architecture_cost(config, costs), abs=0.01)  # 1 + 2 + 2 + 2 copies
