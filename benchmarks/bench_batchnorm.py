@@ -15,11 +15,10 @@ one run. Writes results/bench_batchnorm.json.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-from _common import write
+from _common import mean_square_loss, time_training_steps, write
 
 
 def main():
@@ -56,8 +55,7 @@ def main():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (32, args.size, args.size, 3)).astype(np.float32))
 
-    def loss_of(outputs):
-        return tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, "float32"))) for o in tf.nest.flatten(outputs)])
+    loss_of = mean_square_loss
 
     # 1. equivalence, before any step changes the weights
     grads, outs = {}, {}
@@ -82,31 +80,7 @@ def main():
     print("equivalence:", equivalence)
 
     # 2. speed
-    steps = {}
-    for name, m in models.items():
-        optimizer = keras.optimizers.Adam(1e-3)
-
-        def step(model=m, optimizer=optimizer):
-            with tf.GradientTape() as tape:
-                loss = loss_of(model(x, training=True))
-            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-            return loss
-
-        steps[name] = tf.function(step)
-        for _ in range(3):  # trace and warm up
-            steps[name]()
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / args.steps * 1000)
-    ratios = [k / f for k, f in zip(times["keras"], times["fused"])]
-    speed = {name: {"ms_per_step_median": round(float(np.median(t)), 1), "ms_per_step_rounds": [round(v, 1) for v in t]}
-             for name, t in times.items()}
-    speed["ratio_keras_over_fused_median"] = round(float(np.median(ratios)), 3)
-    speed["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    speed = time_training_steps(models, x, loss_of, args.steps, args.rounds, ratio_name="ratio_keras_over_fused_median")
     print("speed:", speed)
     write("bench_batchnorm", {"args": vars(args), "model": "regions + geometry branch (the default run's)",
                               "batch": 32, "equivalence": equivalence, "speed": speed})

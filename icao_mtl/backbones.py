@@ -298,13 +298,18 @@ def _ancestors(model: keras.Model, name: str) -> set:
 def last_conv_layer(model: keras.Model, tasks, task: str | None = None) -> str:
     """Name of the backbone's last 2-D convolution (the default Grad-CAM layer); with ``task``, the last
     one on that task's path (a branched network has one last convolution per branch), or, for a head that
-    reads no backbone layer, the last convolution of the branch it reads."""
-    layers = backbone_layers(model, tasks)
+    reads no backbone layer or only an inner one (which later backbone convolutions read too), the last
+    convolution of the branch it reads."""
+    backbone = backbone_layers(model, tasks)
+    layers = backbone
     if task is not None and task in {l.name for l in model.layers}:
         path = _ancestors(model, task)
-        layers = [l for l in layers if l.name in path]
-        if not any(_is_conv(l) for l in layers):
-            # a head that reads a branch of its own (the regions model's rotation reads the geometry branch)
+        layers = [l for l in backbone if l.name in path]
+        convs = [l for l in layers if _is_conv(l)]
+        if not convs or any(convs[-1].name in _ancestors(model, l.name) for l in backbone
+                            if _is_conv(l) and l.name not in path):
+            # a head that reads a branch of its own (the regions model's rotation reads the geometry
+            # branch, which may start from the small CNN's second block)
             layers = [l for l in model.layers if l.name in path]
     convs = [l.name for l in layers if _is_conv(l)]
     if not convs:

@@ -47,6 +47,9 @@ REGIONS_AUGMENT = {"shift": 0.04, "zoom": 0.05}
 #: tens of degrees). The branch shares no layer with the other heads; these weigh it against rotation's
 #: cross-entropy.
 GEOMETRY_DEFAULTS = {"landmark_weight": 0.15, "pose_weight": 0.5}
+#: What a run written before a field existed did instead of the field's default: TensorFlow's warp
+#: (before 2026-12-07's OpenCV warp), a geometry branch with its own first layers.
+BEFORE_FIELD = {"warp": "tensorflow", "geometry_trunk": "own"}
 
 
 @dataclass
@@ -77,6 +80,9 @@ class TrainConfig:
     nas_config: list | None = None
     eye_layout: bool = True  # regions: keep the eye band's layout beside its pooled features
     keypoints: int = 0  # regions: learnt keypoints (soft arg-max) per branch, 0: none
+    # regions: the geometry branch reads the small CNN's second block ("shared"; what "auto" gives the
+    # small CNN since 2026-12-07) or has its own first layers ("own"; runs from before resume with it)
+    geometry_trunk: str = "auto"
     freeze_backbone: bool | None = None  # default: frozen with pretrained weights, trained from scratch otherwise
     # training
     epochs: int = 24
@@ -123,8 +129,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         if "split_seed" not in d and "seed" in d:  # written before the split had its own seed: it used --seed
             d = {**d, "split_seed": d["seed"]}
-        if "warp" not in d and names - set(d) == {"warp"}:  # a run's whole configuration, from before the
-            d = {**d, "warp": "tensorflow"}  # OpenCV warp: it was trained (and resumes) with TensorFlow's
+        missing = names - set(d)
+        if missing and missing <= set(BEFORE_FIELD):  # a run's whole configuration, written before these
+            d = {**d, **{k: BEFORE_FIELD[k] for k in missing}}  # fields: it trained (and resumes) that way
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"Unknown configuration keys {unknown}. Fix: remove them; valid keys are "
@@ -184,7 +191,8 @@ class TrainConfig:
                            image_size=self.img_size, alpha=self.alpha, dropout=self.dropout,
                            nas_config=tuple(self.nas_config) if self.nas_config else None, seed=self.seed,
                            extra={"eye_layout": self.eye_layout, "keypoints": self.keypoints,
-                                  "landmarks": len(LANDMARK_POINTS) if self.landmark_weight else 0}
+                                  "landmarks": len(LANDMARK_POINTS) if self.landmark_weight else 0,
+                                  "geometry_trunk": self.geometry_trunk}
                            if self.approach == "regions" else {})
 
     def augment_config(self):
@@ -232,6 +240,9 @@ class TrainConfig:
 
         if self.warp not in WARPS:
             raise ConfigError(f"warp must be one of {', '.join(WARPS)}. Received: {self.warp!r}.")
+        from .architectures import resolve_geometry_trunk
+
+        resolve_geometry_trunk(self.geometry_trunk, self.backbone)
         if self.eer_method not in ("fvc", "roc"):
             raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
         if not isinstance(self.keypoints, int) or self.keypoints < 0:

@@ -30,7 +30,7 @@ _FLAGS = {
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
-    "keypoints": int, "warp": str,
+    "keypoints": int, "warp": str, "geometry_trunk": str,
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
@@ -39,6 +39,9 @@ _HELP = {
                    "applicable; validation and test stay --data's",
     "keypoints": "regions: K learnt keypoints (soft arg-max coordinates) on the whole-image and the eye-band "
                  "maps (default 0: none)",
+    "geometry_trunk": "regions: the geometry branch reads the small CNN's second block (shared) or has its own "
+                      "first layers (own; 20 M more multiply-adds an image); default auto: shared with the small "
+                      "CNN, own otherwise",
     "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
     "approach": f"one of {', '.join(APPROACHES)} (default regions)",
     "backbone": "small_cnn (default), vgg16, vgg19, mobilenet_v2, inception_v3, resnet50_v2",

@@ -291,6 +291,39 @@ def test_landmark_outputs_place_the_soft_argmax_on_the_whole_image_and_rotation_
     assert plain.get_layer("head_pose").input is plain.get_layer("rotation").input
 
 
+def test_the_geometry_branch_starts_from_the_small_cnns_second_block_by_default():
+    """--geometry-trunk: "auto" (the default) gives the small CNN's geometry branch the small CNN's
+    second block as its first two layers (the same 56 x 56 x 32 map its own two layers make at 224 px),
+    20 M fewer multiply-adds an image; the maps, the grid and what Grad-CAM explains stay the same."""
+    from icao_mtl import gradcam
+    from icao_mtl.architectures import ModelConfig, build_model, landmark_grid, resolve_geometry_trunk
+    from icao_mtl.errors import ConfigError
+    from nas.common.madds import model_madds
+
+    size, tasks = 224, ("rotation", "eyes_closed")
+    models = {trunk: build_model(ModelConfig(approach="regions", image_size=size,
+                                             extra={"landmarks": 7, **({"geometry_trunk": trunk} if trunk else {})}),
+                                 tasks) for trunk in (None, "shared", "own")}
+    shared, own = models["shared"], models["own"]
+    assert [l.name for l in models[None].layers] == [l.name for l in shared.layers]
+    assert shared.get_layer("head_geometry_block1_pool").input is shared.get_layer("small_cnn_block1_relu").output
+    assert "head_geometry_block0_conv" not in [l.name for l in shared.layers]
+    # own: a 3x3 convolution 3 -> 16 at 112 x 112 and 16 -> 32 at 56 x 56
+    assert model_madds(own) - model_madds(shared) == 112 * 112 * 27 * 16 + 56 * 56 * 144 * 32
+    for m in (shared, own):
+        assert m.get_layer("head_geometry_landmark_maps").output.shape[1:] == (28, 28, 7)
+        np.testing.assert_allclose(landmark_grid(m)[0], landmark_grid(own)[0])
+        assert gradcam.default_layer(m, "rotation") == "head_geometry_landmark_maps"
+        assert gradcam.default_layer(m, "eyes_closed") == gradcam.default_layer(m) == "small_cnn_block4_conv"
+    image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
+    assert gradcam.compute(shared, image, "rotation").max() > 0
+    assert resolve_geometry_trunk("auto", "mobilenet_v2") == "own"
+    with pytest.raises(ConfigError, match="Fix: --geometry-trunk own"):
+        resolve_geometry_trunk("shared", "mobilenet_v2")
+    with pytest.raises(ConfigError, match="geometry_trunk must be one of auto, shared, own"):
+        resolve_geometry_trunk("first", "small_cnn")
+
+
 def test_the_default_weights_train_geometry_where_the_data_has_it(synth_small, tmp_path):
     """--landmark-weight and --pose-weight default to None: the regions approach on data with
     landmarks.csv, pose.csv and rotation gets the geometry branch; other approaches, other tasks and

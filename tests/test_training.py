@@ -248,6 +248,31 @@ def test_the_warp_is_part_of_a_runs_configuration_and_older_runs_resume_with_the
     assert "warp" in {f.name for f in dataclasses.fields(FeatureKey)}
 
 
+def test_runs_written_before_the_shared_geometry_trunk_resume_with_their_own(tmp_path):
+    """A whole configuration written before --geometry-trunk existed reads as "own" (the branch it
+    trained), one from before the OpenCV warp also as TensorFlow's warp; a partial file gets today's
+    defaults; resuming an older run with today's default is refused with the fix."""
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.errors import ConfigError, ResumeError
+    from icao_mtl.runs import check_resumable
+    from icao_mtl.train import build_parser, config_from_args
+
+    now = TrainConfig(epochs=3).to_dict()
+    before = {k: v for k, v in now.items() if k != "geometry_trunk"}
+    older = {k: v for k, v in before.items() if k != "warp"}
+    assert (TrainConfig.from_dict(before).geometry_trunk, TrainConfig.from_dict(before).warp) == ("own", "opencv")
+    assert (TrainConfig.from_dict(older).geometry_trunk, TrainConfig.from_dict(older).warp) == ("own", "tensorflow")
+    assert TrainConfig.from_dict({"epochs": 3}).geometry_trunk == "auto" == now["geometry_trunk"]
+    assert config_from_args(build_parser().parse_args(["--geometry-trunk", "own"])).geometry_trunk == "own"
+    with pytest.raises(ConfigError, match="Fix: --geometry-trunk own"):
+        TrainConfig(backbone="vgg16", geometry_trunk="shared").validate()
+    (tmp_path / "config.json").write_text(json.dumps(before))
+    with pytest.raises(ResumeError, match="geometry_trunk: 'own' in the run, 'auto' now") as err:
+        check_resumable(tmp_path, TrainConfig(epochs=3))
+    assert "Fix:" in str(err.value)
+    check_resumable(tmp_path, TrainConfig(epochs=3, geometry_trunk="own"))
+
+
 def test_paper_presets_are_valid_configurations():
     from icao_mtl.config import PAPER_PRESETS, TrainConfig
 
