@@ -58,7 +58,7 @@ class TrainConfig:
     ``regions`` approach (the whole photo at half resolution, the eye band at full resolution and the
     geometry branch, one head per requisite) on the small CNN trained from scratch on the 224 px
     synthetic set, 24 epochs, milder shifts and zoom than the reference augmentation
-    (:data:`REGIONS_AUGMENT`); about 14 minutes on 2 CPU cores, data generation included (README)."""
+    (:data:`REGIONS_AUGMENT`); about 13 minutes on 2 CPU cores, data generation included (README)."""
 
     # data
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
