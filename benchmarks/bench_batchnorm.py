@@ -1,6 +1,9 @@
 """Keras's batch normalisation against the fused kernel (``FusedBatchNormalization``), side by side in
 one run. Writes results/bench_batchnorm.json.
 
+(results/bench_batchnorm.json was measured before the geometry branch shared the small CNN's second
+block: 147 M multiply-adds an image, not today's 127 M.)
+
 1. Equivalence: the default run's model (the regions approach with its geometry branch, 224 px) built
    twice from one seed, once with ``keras.layers.BatchNormalization`` in every ``conv_bn_relu`` and
    once with ``FusedBatchNormalization``; the same batch through both: the largest difference of the
@@ -82,7 +85,7 @@ def main():
     # 2. speed
     speed = time_training_steps(models, x, loss_of, args.steps, args.rounds, ratio_name="ratio_keras_over_fused_median")
     print("speed:", speed)
-    write("bench_batchnorm", {"args": vars(args), "model": "regions + geometry branch (the default run's)",
+    write("bench_batchnorm", {"args": vars(args), "model": "regions + geometry branch (TrainConfig's default at --size)",
                               "batch": 32, "equivalence": equivalence, "speed": speed})
 
 

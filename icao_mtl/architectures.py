@@ -320,24 +320,41 @@ class CoordinateChannels(keras.layers.Layer):
 #: Side in pixels at which the regions model's geometry branch reads the whole image.
 GEOMETRY_SIDE = 112
 #: How the geometry branch begins: "shared" reads the small CNN's second block, "own" has four layers of
-#: its own, "auto" is "shared" with the small CNN and "own" with any other backbone.
+#: its own, "auto" is "shared" where :func:`resolve_geometry_trunk` allows it and "own" elsewhere.
 GEOMETRY_TRUNKS = ("auto", "shared", "own")
-GEOMETRY_TRUNK_LAYER = "small_cnn_block1_relu"
+#: The small CNN's layer the shared branch reads: its second block, max-pooled (28 x 28 x 32 at 224 px).
+GEOMETRY_TRUNK_LAYER = "small_cnn_block1_pool"
 
 
-def resolve_geometry_trunk(trunk: str, backbone: str) -> str:
-    """"shared" or "own" for ``trunk`` (one of :data:`GEOMETRY_TRUNKS`) with ``backbone``.
+def geometry_trunk_fits(size: int) -> bool:
+    """Whether the small CNN's second block, at input side ``size``, is the map the geometry branch's
+    own first two layers make (cell for cell): the small CNN reads the image 2x pooled above
+    :data:`REGIONS_POOL_ABOVE` px, the branch ``size // GEOMETRY_SIDE`` times pooled, and both halve
+    it twice with no rounding. True for multiples of 8 up to 160 px and of 16 from 224 to 320 px."""
+    downsample = 2 if size > REGIONS_POOL_ABOVE else 1
+    return max(1, size // GEOMETRY_SIDE) == downsample and size % (8 * downsample) == 0
+
+
+def resolve_geometry_trunk(trunk: str, backbone: str, size: int, pretrained: bool = False) -> str:
+    """"shared" or "own" for ``trunk`` (one of :data:`GEOMETRY_TRUNKS`): "auto" shares the small CNN's
+    second block when the small CNN trains from scratch (not ``pretrained``: a loaded backbone is
+    frozen by default, and the landmark and pose terms could not train the shared layers) at a
+    ``size`` where :func:`geometry_trunk_fits`.
 
     Raises:
-        ConfigError: an unknown value, or "shared" with a backbone other than the small CNN.
+        ConfigError: an unknown value, or "shared" with another backbone or at a size that does not fit.
     """
     if trunk not in GEOMETRY_TRUNKS:
         raise ConfigError(f"geometry_trunk must be one of {', '.join(GEOMETRY_TRUNKS)}. Received: {trunk!r}.")
     if trunk == "auto":
-        return "shared" if backbone == "small_cnn" else "own"
+        return "shared" if backbone == "small_cnn" and geometry_trunk_fits(size) and not pretrained else "own"
     if trunk == "shared" and backbone != "small_cnn":
         raise ConfigError(f"--geometry-trunk shared reads the small CNN's second block; the backbone is {backbone!r}. "
                           "Fix: --geometry-trunk own (or auto), or --backbone small_cnn.")
+    if trunk == "shared" and not geometry_trunk_fits(size):
+        raise ConfigError(f"--geometry-trunk shared: at {size} px the small CNN's second block is not the map the "
+                          "geometry branch reads. Fix: --geometry-trunk own (or auto), or an image size that is a "
+                          "multiple of 8 up to 160 px or of 16 from 224 to 320 px.")
     return trunk
 
 
@@ -347,8 +364,8 @@ def _geometry_branch(inputs, size: int, points: int, trunk=None):
     The whole image, average-pooled to about :data:`GEOMETRY_SIDE` px, through four 3x3 conv-BN-ReLU
     layers (16, 32, 48, 48 filters; max pooling after the first two; the cells' coordinates before the
     last, :class:`CoordinateChannels`) to a map of 8-px cells (28 x 28 at 224 px). With ``trunk`` (the
-    small CNN's second block, 56 x 56 x 32 at 224 px: the same shape as the branch's own second layer
-    gives), the branch starts from it and only its last two layers are its own; a 1x1
+    small CNN's second block max-pooled, 28 x 28 x 32 at 224 px: the map the branch's own second layer
+    and pooling give), the branch starts from it and only its last two layers are its own; a 1x1
     convolution to one map per point (``head_geometry_landmark_maps``, trained as heat maps) and a
     :class:`SpatialSoftArgmax` (``head_geometry_landmarks``, (batch, 2P) in [-1, 1]); from the points'
     coordinates, D(64) -> D(64) -> D(3) ``head_geometry_pose``, the signed roll, yaw and pitch in units
@@ -365,8 +382,7 @@ def _geometry_branch(inputs, size: int, points: int, trunk=None):
         g = Preprocess("unit", name=f"{HEAD_PREFIX}geometry_preprocess")(g)
         first = 0
     else:
-        g = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}geometry_block1_pool")(trunk)
-        first = 2
+        g, first = trunk, 2
     for i, filters in enumerate((16, 32, 48, 48)):
         if i < first:
             continue
@@ -409,9 +425,10 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
       and the signed head pose computed from them; the ``rotation`` head reads that pose instead of
       the appearance features. :func:`with_landmark_outputs` and :func:`with_pose_outputs` expose the
       points and the pose for training against ``landmarks.csv`` and ``pose.csv``. With
-      ``extra["geometry_trunk"]`` "shared" (what "auto" gives the small CNN) the branch reads the
-      small CNN's second block and has two layers of its own (20 M fewer multiply-adds at 224 px, 127
-      M instead of 147 M); "own" gives it four, sharing nothing with the other branches;
+      ``extra["geometry_trunk"]`` "shared" (what "auto" gives the small CNN trained from scratch at
+      224 px, :func:`resolve_geometry_trunk`) the branch reads the small CNN's second block and has
+      two layers of its own (20 M fewer multiply-adds at 224 px, 127 M instead of 147 M); "own" gives
+      it four, sharing nothing with the other branches;
     - with ``extra["keypoints"]`` K > 0, K learnt keypoints in each branch (a 1x1 convolution to K
       maps, then :class:`SpatialSoftArgmax`): on the whole-image map and on the eye band's 27 x 52
       map (at 224 px), their coordinates to a fraction of a cell (pose, gaze, where the rims sit).
@@ -457,7 +474,8 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     joined = keras.layers.Concatenate(name=f"{HEAD_PREFIX}regions")(parts)
     landmarks = int(cfg.extra.get("landmarks", 0))
     trunk = None
-    if landmarks and resolve_geometry_trunk(cfg.extra.get("geometry_trunk", "auto"), cfg.backbone) == "shared":
+    if landmarks and resolve_geometry_trunk(cfg.extra.get("geometry_trunk", "auto"), cfg.backbone, size,
+                                            pretrained=cfg.weights not in (None, "none")) == "shared":
         trunk = backbone.get_layer(GEOMETRY_TRUNK_LAYER).output
     pose = _geometry_branch(inputs, size, landmarks, trunk) if landmarks else None
     outputs = {t: _dense_branch(pose if pose is not None and t == POSE_ANCHOR else joined, t, 1) for t in tasks}

@@ -44,8 +44,8 @@ REGIONS_AUGMENT = {"shift": 0.04, "zoom": 0.05}
 #: What ``--landmark-weight`` and ``--pose-weight`` become when not given, for the regions approach on
 #: training data with landmarks.csv and pose.csv (:meth:`TrainConfig.with_geometry`): the geometry
 #: branch's heat maps and points (summed over 7 points) and its signed pose (summed over 3 angles, in
-#: tens of degrees). The branch shares no layer with the other heads; these weigh it against rotation's
-#: cross-entropy.
+#: tens of degrees). These weigh it against rotation's cross-entropy (with the small CNN the branch's
+#: first two layers are the small CNN's: ``geometry_trunk``).
 GEOMETRY_DEFAULTS = {"landmark_weight": 0.15, "pose_weight": 0.5}
 #: What a run written before a field existed did instead of the field's default: TensorFlow's warp
 #: (before 2026-12-07's OpenCV warp), a geometry branch with its own first layers.
@@ -178,6 +178,21 @@ class TrainConfig:
                   for name in GEOMETRY_DEFAULTS if getattr(self, name) is None}
         return replace(self, **chosen) if chosen else self
 
+    def resolved_geometry_trunk(self) -> str:
+        """What the model's geometry branch starts from: "shared" or "own", or "none" where no branch is
+        built (another approach, or ``--landmark-weight 0``): what a resume compares, so that runs
+        written before the option resume where it changes nothing.
+
+        Raises:
+            ConfigError: see :func:`~icao_mtl.architectures.resolve_geometry_trunk`.
+        """
+        if self.approach != "regions" or self.landmark_weight == 0:
+            return "none"
+        from .architectures import resolve_geometry_trunk
+
+        return resolve_geometry_trunk(self.geometry_trunk, self.backbone, self.model_config().resolved_size(),
+                                      pretrained=self.weights not in (None, "none"))
+
     def frozen_backbone(self) -> bool:
         if self.freeze_backbone is not None:
             return self.freeze_backbone
@@ -240,9 +255,7 @@ class TrainConfig:
 
         if self.warp not in WARPS:
             raise ConfigError(f"warp must be one of {', '.join(WARPS)}. Received: {self.warp!r}.")
-        from .architectures import resolve_geometry_trunk
-
-        resolve_geometry_trunk(self.geometry_trunk, self.backbone)
+        self.resolved_geometry_trunk()
         if self.eer_method not in ("fvc", "roc"):
             raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
         if not isinstance(self.keypoints, int) or self.keypoints < 0:

@@ -152,6 +152,8 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     for name in GEOMETRY_DEFAULTS:  # left to the default: decided from the same data as the run did
         if new.get(name) is None:
             new[name] = old.get(name)
+    for d in (old, new):  # "auto" and what it resolves to build the same model
+        d["geometry_trunk"] = TrainConfig.from_dict(d).resolved_geometry_trunk()
     diff = sorted(k for k in new if k not in TrainConfig.VOLATILE and old.get(k) != new.get(k))
     if diff:
         details = "; ".join(f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in diff[:6])

@@ -306,8 +306,8 @@ def test_the_geometry_branch_starts_from_the_small_cnns_second_block_by_default(
                                  tasks) for trunk in (None, "shared", "own")}
     shared, own = models["shared"], models["own"]
     assert [l.name for l in models[None].layers] == [l.name for l in shared.layers]
-    assert shared.get_layer("head_geometry_block1_pool").input is shared.get_layer("small_cnn_block1_relu").output
-    assert "head_geometry_block0_conv" not in [l.name for l in shared.layers]
+    assert shared.get_layer("head_geometry_block2_conv").input is shared.get_layer("small_cnn_block1_pool").output
+    assert not {"head_geometry_block0_conv", "head_geometry_block1_conv"} & {l.name for l in shared.layers}
     # own: a 3x3 convolution 3 -> 16 at 112 x 112 and 16 -> 32 at 56 x 56
     assert model_madds(own) - model_madds(shared) == 112 * 112 * 27 * 16 + 56 * 56 * 144 * 32
     for m in (shared, own):
@@ -317,11 +317,22 @@ def test_the_geometry_branch_starts_from_the_small_cnns_second_block_by_default(
         assert gradcam.default_layer(m, "eyes_closed") == gradcam.default_layer(m) == "small_cnn_block4_conv"
     image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
     assert gradcam.compute(shared, image, "rotation").max() > 0
-    assert resolve_geometry_trunk("auto", "mobilenet_v2") == "own"
+    # "auto" shares only where the maps are the same cell for cell, and not with a loaded (frozen) small CNN
+    for side in (64, 96, 128, 160, 224, 256, 320):
+        assert resolve_geometry_trunk("auto", "small_cnn", side) == "shared"
+    for side in (100, 192, 230, 336, 448):
+        assert resolve_geometry_trunk("auto", "small_cnn", side) == "own"
+        with pytest.raises(ConfigError, match=f"at {side} px .* Fix: --geometry-trunk own"):
+            resolve_geometry_trunk("shared", "small_cnn", side)
+    assert resolve_geometry_trunk("auto", "small_cnn", 224, pretrained=True) == "own"
+    assert resolve_geometry_trunk("auto", "mobilenet_v2", 224) == "own"
     with pytest.raises(ConfigError, match="Fix: --geometry-trunk own"):
-        resolve_geometry_trunk("shared", "mobilenet_v2")
+        resolve_geometry_trunk("shared", "mobilenet_v2", 224)
     with pytest.raises(ConfigError, match="geometry_trunk must be one of auto, shared, own"):
-        resolve_geometry_trunk("first", "small_cnn")
+        resolve_geometry_trunk("first", "small_cnn", 224)
+    at_448 = build_model(ModelConfig(approach="regions", image_size=448, extra={"landmarks": 7}), ("rotation",))
+    assert "head_geometry_block0_conv" in {l.name for l in at_448.layers}
+    assert landmark_grid(at_448)[0].shape == (28,)
 
 
 def test_the_default_weights_train_geometry_where_the_data_has_it(synth_small, tmp_path):

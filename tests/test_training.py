@@ -266,11 +266,18 @@ def test_runs_written_before_the_shared_geometry_trunk_resume_with_their_own(tmp
     assert config_from_args(build_parser().parse_args(["--geometry-trunk", "own"])).geometry_trunk == "own"
     with pytest.raises(ConfigError, match="Fix: --geometry-trunk own"):
         TrainConfig(backbone="vgg16", geometry_trunk="shared").validate()
+    TrainConfig(approach="hc2", backbone="vgg16", geometry_trunk="shared").validate()  # no branch: nothing to refuse
     (tmp_path / "config.json").write_text(json.dumps(before))
-    with pytest.raises(ResumeError, match="geometry_trunk: 'own' in the run, 'auto' now") as err:
+    with pytest.raises(ResumeError, match="geometry_trunk: 'own' in the run, 'shared' now") as err:
         check_resumable(tmp_path, TrainConfig(epochs=3))
     assert "Fix:" in str(err.value)
     check_resumable(tmp_path, TrainConfig(epochs=3, geometry_trunk="own"))
+    # where the option changes nothing (no geometry branch, or one that "auto" gives its own layers),
+    # an older run resumes with today's default
+    for changes in ({"approach": "hc2"}, {"landmark_weight": 0.0}, {"img_size": 192}):
+        older_run = {k: v for k, v in TrainConfig(epochs=3, **changes).to_dict().items() if k != "geometry_trunk"}
+        (tmp_path / "config.json").write_text(json.dumps(older_run))
+        check_resumable(tmp_path, TrainConfig(epochs=3, **changes))
 
 
 def test_paper_presets_are_valid_configurations():
