@@ -58,14 +58,12 @@ def main():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (32, args.size, args.size, 3)).astype(np.float32))
 
-    loss_of = mean_square_loss
-
     # 1. equivalence, before any step changes the weights
     grads, outs = {}, {}
     for name, m in models.items():
         with tf.GradientTape() as tape:
             out = m(x, training=True)
-            loss = loss_of(out)
+            loss = mean_square_loss(out)
         grads[name] = tape.gradient(loss, m.trainable_variables)
         outs[name] = tf.nest.flatten(out)
     moving = {name: [v.numpy() for v in m.non_trainable_variables] for name, m in models.items()}
@@ -83,7 +81,8 @@ def main():
     print("equivalence:", equivalence)
 
     # 2. speed
-    speed = time_training_steps(models, x, loss_of, args.steps, args.rounds, ratio_name="ratio_keras_over_fused_median")
+    speed = time_training_steps(models, x, mean_square_loss, args.steps, args.rounds,
+                                ratio_name="ratio_keras_over_fused_median")
     print("speed:", speed)
     write("bench_batchnorm", {"args": vars(args), "model": "regions + geometry branch (TrainConfig's default at --size)",
                               "batch": 32, "equivalence": equivalence, "speed": speed})

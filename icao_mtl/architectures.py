@@ -383,9 +383,7 @@ def _geometry_branch(inputs, size: int, points: int, trunk=None):
         first = 0
     else:
         g, first = trunk, 2
-    for i, filters in enumerate((16, 32, 48, 48)):
-        if i < first:
-            continue
+    for i, filters in list(enumerate((16, 32, 48, 48)))[first:]:
         if i == 3:
             g = CoordinateChannels(name=f"{HEAD_PREFIX}geometry_coordinates")(g)
         g = conv_bn_relu(g, filters, f"{HEAD_PREFIX}geometry_block{i}")

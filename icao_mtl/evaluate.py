@@ -81,8 +81,6 @@ def breakdown(run_dir: Path, by: str, splits: str, *, method: str | None = None,
               where: str = "the run directory") -> int:
     """``--by``: the breakdown of every split in ``splits`` from ``run_dir/scores_<split>.csv``, with
     ``method`` or else the EER method of ``run_dir/metrics.json`` (the numbers of its "all" column)."""
-    import json
-
     from . import io as aio
     from .metrics import evaluate_by_condition
     from .reports import compare_table
@@ -94,7 +92,7 @@ def breakdown(run_dir: Path, by: str, splits: str, *, method: str | None = None,
                            "--by blurred,pixelation.")
     if method is None:
         stored = run_dir / "metrics.json"
-        method = json.loads(stored.read_text()).get("eer_method", "fvc") if stored.is_file() else "fvc"
+        method = aio.read_json(stored).get("eer_method", "fvc") if stored.is_file() else "fvc"
     for split in (s.strip() for s in splits.split(",") if s.strip()):
         path = run_dir / f"scores_{split}.csv"
         if not path.is_file():

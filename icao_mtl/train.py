@@ -40,8 +40,9 @@ _HELP = {
     "keypoints": "regions: K learnt keypoints (soft arg-max coordinates) on the whole-image and the eye-band "
                  "maps (default 0: none)",
     "geometry_trunk": "regions: the geometry branch reads the small CNN's second block (shared) or has its own "
-                      "first layers (own; 20 M more multiply-adds an image); default auto: shared with the small "
-                      "CNN, own otherwise",
+                      "first layers (own; 20 M more multiply-adds an image at 224 px); default auto: shared with "
+                      "the small CNN trained from scratch at sizes where the maps match (224 px among them), own "
+                      "otherwise",
     "mapping": "column mapping JSON for another tool's labels.csv (see data/README.md)",
     "approach": f"one of {', '.join(APPROACHES)} (default regions)",
     "backbone": "small_cnn (default), vgg16, vgg19, mobilenet_v2, inception_v3, resnet50_v2",
