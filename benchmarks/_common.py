@@ -40,6 +40,32 @@ def write(name: str, payload: dict) -> Path:
     return path
 
 
+def step_timing_parser():
+    """The options every side-by-side step benchmark takes: ``--steps`` per timed round, ``--rounds``
+    and the input ``--size`` in pixels."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224)
+    return parser
+
+
+def default_model(size: int = 224, **config):
+    """The default run's model (regions with its geometry branch, landmark and pose outputs), built
+    from the seed 0 under Keras' current dtype policy; ``config`` changes :class:`TrainConfig` fields."""
+    import keras
+
+    from icao_mtl.architectures import build_model, with_landmark_outputs, with_pose_outputs
+    from icao_mtl.config import GEOMETRY_DEFAULTS, TrainConfig
+    from icao_mtl.requisites import GROUPS, IDS
+
+    keras.utils.set_random_seed(0)
+    cfg = TrainConfig(img_size=size, **{**GEOMETRY_DEFAULTS, **config}).model_config()
+    return with_pose_outputs(with_landmark_outputs(build_model(cfg, IDS, GROUPS)))
+
+
 def mean_square_loss(outputs):
     """A loss that reaches every output of a model (a dict or a list of tensors): the sum of their mean
     squares, in float32. What a step costs does not depend on which loss it descends."""

@@ -17,18 +17,13 @@ block: 147 M multiply-adds an image, not today's 127 M.)
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from _common import mean_square_loss, time_training_steps, write
+from _common import default_model, mean_square_loss, step_timing_parser, time_training_steps, write
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=224)
+    parser = step_timing_parser()
     parser.add_argument("--precision", default="none", help="the engine's --mixed-precision: none, bfloat16, ...")
     args = parser.parse_args()
 
@@ -40,17 +35,12 @@ def main():
     set_precision(args.precision)
 
     from icao_mtl import backbones
-    from icao_mtl.architectures import build_model, with_landmark_outputs, with_pose_outputs
-    from icao_mtl.config import GEOMETRY_DEFAULTS, TrainConfig
-    from icao_mtl.requisites import GROUPS, IDS
 
     def model(norm):
         fused = backbones.FusedBatchNormalization
         backbones.FusedBatchNormalization = norm  # conv_bn_relu reads the module's name when it builds
         try:
-            keras.utils.set_random_seed(0)
-            cfg = TrainConfig(img_size=args.size, **GEOMETRY_DEFAULTS).model_config()
-            return with_pose_outputs(with_landmark_outputs(build_model(cfg, IDS, GROUPS)))
+            return default_model(args.size)
         finally:
             backbones.FusedBatchNormalization = fused
 

@@ -9,34 +9,19 @@ interleaved, with the median of the per-round ratios own / shared.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from _common import mean_square_loss, time_training_steps, write
+from _common import default_model, mean_square_loss, step_timing_parser, time_training_steps, write
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
+    args = step_timing_parser().parse_args()
 
-    import keras
     import tensorflow as tf
 
-    from icao_mtl.architectures import build_model, with_landmark_outputs, with_pose_outputs
-    from icao_mtl.config import GEOMETRY_DEFAULTS, TrainConfig
-    from icao_mtl.requisites import GROUPS, IDS
     from nas.common.madds import model_madds
 
-    def model(trunk):
-        keras.utils.set_random_seed(0)
-        cfg = TrainConfig(img_size=args.size, geometry_trunk=trunk, **GEOMETRY_DEFAULTS).model_config()
-        return with_pose_outputs(with_landmark_outputs(build_model(cfg, IDS, GROUPS)))
-
-    models = {"own": model("own"), "shared": model("shared")}
+    models = {trunk: default_model(args.size, geometry_trunk=trunk) for trunk in ("own", "shared")}
     sizes = {name: {"madds_per_image": model_madds(m), "parameters": int(m.count_params())} for name, m in models.items()}
     print("sizes:", sizes)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (32, args.size, args.size, 3)).astype(np.float32))

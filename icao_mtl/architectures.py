@@ -22,7 +22,7 @@ from typing import Callable
 
 import keras
 
-from .backbones import HEAD_PREFIX, Preprocess, build_backbone, check_image_size, conv_bn_relu, spec
+from .backbones import HEAD_PREFIX, INPUT_STAGE_DTYPE, Preprocess, build_backbone, check_image_size, conv_bn_relu, spec
 from .errors import ConfigError
 
 ARCHITECTURES: dict[str, Callable] = {}
@@ -378,22 +378,26 @@ def _geometry_branch(inputs, size: int, points: int, trunk=None):
     """
     if trunk is None:
         pool = max(1, size // GEOMETRY_SIDE)
-        g = keras.layers.AveragePooling2D(pool, name=f"{HEAD_PREFIX}geometry_pool")(inputs) if pool > 1 else inputs
-        g = Preprocess("unit", name=f"{HEAD_PREFIX}geometry_preprocess")(g)
+        g = (keras.layers.AveragePooling2D(pool, name=f"{HEAD_PREFIX}geometry_pool", dtype=INPUT_STAGE_DTYPE)(inputs)
+             if pool > 1 else inputs)
+        g = Preprocess("unit", name=f"{HEAD_PREFIX}geometry_preprocess", dtype=INPUT_STAGE_DTYPE)(g)
         first = 0
     else:
         g, first = trunk, 2
     for i, filters in list(enumerate((16, 32, 48, 48)))[first:]:
         if i == 3:
             g = CoordinateChannels(name=f"{HEAD_PREFIX}geometry_coordinates")(g)
-        g = conv_bn_relu(g, filters, f"{HEAD_PREFIX}geometry_block{i}")
+        g = conv_bn_relu(g, filters, f"{HEAD_PREFIX}geometry_block{i}", dtype=INPUT_STAGE_DTYPE if i == 0 else None)
         if i < 2:
             g = keras.layers.MaxPooling2D(name=f"{HEAD_PREFIX}geometry_block{i}_pool")(g)
-    maps = keras.layers.Conv2D(points, 1, name=f"{HEAD_PREFIX}geometry_landmark_maps")(g)
-    located = SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}geometry_landmarks")(maps)
+    # From the maps' logits on, float32 under any policy (0.3 M of 127 M multiply-adds): a soft arg-max at
+    # temperature 0.1 turns bfloat16's rounding of a logit of 8 (0.03) into 0.3 in an exponent, and the
+    # pose is a function of coordinate differences of a fraction of a cell.
+    maps = keras.layers.Conv2D(points, 1, name=f"{HEAD_PREFIX}geometry_landmark_maps", dtype="float32")(g)
+    located = SpatialSoftArgmax(temperature=0.1, name=f"{HEAD_PREFIX}geometry_landmarks", dtype="float32")(maps)
     h = located
     for j in range(2):
-        h = keras.layers.Dense(64, activation="relu", name=f"{HEAD_PREFIX}geometry_dense_{j + 1}")(h)
+        h = keras.layers.Dense(64, activation="relu", name=f"{HEAD_PREFIX}geometry_dense_{j + 1}", dtype="float32")(h)
     pose = keras.layers.Dense(3, name=f"{HEAD_PREFIX}geometry_pose", dtype="float32")(h)
     turned_back = keras.layers.Rescaling(-1.0, name=f"{HEAD_PREFIX}geometry_pose_negated")(pose)
     return keras.layers.Concatenate(name=f"{HEAD_PREFIX}geometry_pose_parts")(
@@ -449,10 +453,11 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
 
     top, bottom, left, right = eye_band_box(size)
     # The eye branch is part of the head (HEAD_PREFIX): it trains even when a pretrained backbone is frozen.
-    e = keras.layers.Cropping2D(((top, size - bottom), (left, size - right)), name=f"{HEAD_PREFIX}eyes_crop")(inputs)
-    e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess")(e)
+    e = keras.layers.Cropping2D(((top, size - bottom), (left, size - right)), name=f"{HEAD_PREFIX}eyes_crop",
+                                dtype=INPUT_STAGE_DTYPE)(inputs)
+    e = Preprocess("unit", name=f"{HEAD_PREFIX}eyes_preprocess", dtype=INPUT_STAGE_DTYPE)(e)
     for i, filters in enumerate((16, 24, 48, 64)):
-        e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}")
+        e = conv_bn_relu(e, filters, f"{HEAD_PREFIX}eyes_block{i}", dtype=INPUT_STAGE_DTYPE if i == 0 else None)
         if i == 2:
             eye_fine = e  # 27 x 52 at 224 px: the finest map with 48 features
         if i >= 1:
@@ -463,8 +468,8 @@ def build_regions_model(cfg: ModelConfig, tasks, groups) -> keras.Model:
     keypoints = int(cfg.extra.get("keypoints", 0))
     if keypoints:
         for where, fmap_k in (("global", fmap), ("eyes", eye_fine)):
-            maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps")(fmap_k)
-            parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints")(maps))
+            maps = keras.layers.Conv2D(keypoints, 1, name=f"{HEAD_PREFIX}{where}_keypoint_maps", dtype="float32")(fmap_k)
+            parts.append(SpatialSoftArgmax(name=f"{HEAD_PREFIX}{where}_keypoints", dtype="float32")(maps))
     if cfg.extra.get("eye_layout", True):
         # where each eye lies against the cheeks' edges: roll and yaw move them by a few pixels
         e_map = keras.layers.Conv2D(4, 1, activation="relu", name=f"{HEAD_PREFIX}eyes_layout")(e)

@@ -163,19 +163,33 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-def conv_bn_relu(x, filters: int, name: str, strides: int = 1):
+#: The dtype of a network's input stage whatever the global policy: the raw image's pooling, cropping
+#: and scaling, and, for the small CNN and the regions branches, the first convolution block (a
+#: pretrained backbone's first convolution follows the policy). bfloat16 keeps 8 significant bits: the
+#: integers 0-255 are exact, but the 2x average pooling's quarter levels are not, and after scaling to
+#: [0, 1] its steps near white are half a grey level; the first block's features, differences of
+#: neighbourhoods scaled by batch normalisation, lose nothing that matters in bfloat16. Those layers
+#: are about 3% of the default model's multiply-adds, and with 3 input channels the first convolution
+#: is faster in float32 on a CPU (``benchmarks/bench_precision.py``).
+INPUT_STAGE_DTYPE = "float32"
+
+
+def conv_bn_relu(x, filters: int, name: str, strides: int = 1, dtype=None):
     """A 3x3 convolution (no bias), batch normalisation (:class:`FusedBatchNormalization`) and ReLU,
-    named ``<name>_conv/_bn/_relu``."""
-    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = FusedBatchNormalization(name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    named ``<name>_conv/_bn/_relu``; ``dtype`` (e.g. "float32") overrides the global dtype policy for
+    the three layers."""
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv",
+                            dtype=dtype)(x)
+    x = FusedBatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+    return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
 def _small_cnn(x, widths=(16, 32, 64, 128, 128)):
     """Five 3x3 conv-BN-ReLU blocks: a stride-2 stem, then three with max pooling, then one without.
     For a 128 px input the output is 8x8x128 (the stride of 16 keeps the grouped models' row bands)."""
     for i, w in enumerate(widths):
-        x = conv_bn_relu(x, w, f"small_cnn_block{i}", strides=2 if i == 0 else 1)
+        x = conv_bn_relu(x, w, f"small_cnn_block{i}", strides=2 if i == 0 else 1,
+                         dtype=INPUT_STAGE_DTYPE if i == 0 else None)
         if 1 <= i <= 3:
             x = keras.layers.MaxPooling2D(name=f"small_cnn_block{i}_pool")(x)
     return x
@@ -220,9 +234,9 @@ def build_backbone(name: str, inputs, *, weights: str = "imagenet", alpha: float
                           f"{name!r}. Fix: leave --alpha at 1.0.")
     x = inputs
     if downsample > 1:
-        x = keras.layers.AveragePooling2D(downsample, name="downsample")(x)
+        x = keras.layers.AveragePooling2D(downsample, name="downsample", dtype=INPUT_STAGE_DTYPE)(x)
         check_image_size(name, size // downsample)
-    x = Preprocess(s.preprocess, name="preprocess")(x)
+    x = Preprocess(s.preprocess, name="preprocess", dtype=INPUT_STAGE_DTYPE)(x)
     if name == "small_cnn":
         features = _small_cnn(x)
         backbone = keras.Model(inputs, features, name="small_cnn")

@@ -8,6 +8,9 @@ Exports the run's model (or, for STL, every per-requisite model) for serving:
 - ``tflite``: the same graph for TensorFlow Lite (``RUN_DIR/export/tflite/<name>.tflite``), optionally
   with dynamic-range quantisation (``--quantize``: int8 weights, float activations).
 
+Both compute in float32, whatever precision the run trained under (:func:`float32_twin`: a mixed
+model's scores move by about bfloat16's resolution, a few thousandths).
+
 ``export/<format>/signature.json`` records the models, their requisites and input sizes, so that
 ``python -m icao_mtl.check RUN_DIR --backend tflite ...`` can run on the export alone.
 """
@@ -29,6 +32,30 @@ from .errors import ConfigError, command
 FORMATS = ("savedmodel", "tflite")
 
 
+def float32_twin(model):
+    """``model`` rebuilt with every layer computing in float32 and the same weights (``model`` itself
+    where every layer already does). A model trained under mixed precision (``--mixed-precision``)
+    computes in bfloat16 or float16: TFLite has no kernels for bfloat16 convolutions, and a serving
+    machine may have none either; its variables are float32, so the twin holds them exactly."""
+    import keras
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith(
+                    "mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers(include_self=False)):
+        return model
+    twin = model.__class__.from_config(to_float32(model.get_config()))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def export_run(run_dir, fmt: str, *, quantize: bool = False, out=None) -> Path:
     """Export every model of a run; returns the export directory."""
     import tensorflow as tf
@@ -45,6 +72,7 @@ def export_run(run_dir, fmt: str, *, quantize: bool = False, out=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": fmt, "quantized": quantize, "models": {}}
     for name, model in models.items():
+        model = float32_twin(model)
         tasks = list(model.output_names)
         size = int(model.inputs[0].shape[1])
         tmp = Path(tempfile.mkdtemp(dir=out))

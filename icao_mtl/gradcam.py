@@ -136,8 +136,10 @@ def _map_function(model, task, layer, target, score, plus):
                 cls = tf.fill(tf.shape(logits)[:1], int(target))
             chosen = tf.nn.softmax(logits) if score == "probability" else logits
             y = tf.gather(chosen, cls, axis=1, batch_dims=1)
+        # the gradient with respect to the layer's own tensor (a mixed model's is bfloat16 or float16; a cast
+        # tensor is not on the tape's path), then both in float32
+        grads = tf.cast(tape.gradient(y, conv), tf.float32)
         conv = tf.cast(conv, tf.float32)
-        grads = tape.gradient(y, conv)
         if plus:
             # Grad-CAM++ with an exponential score Y = exp(y): the exp(y) factors of its derivatives cancel
             # in the closed-form alphas; exp(y) only scales the map, which is normalised anyway.

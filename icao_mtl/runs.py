@@ -143,6 +143,8 @@ def latest_run_dir(cfg: TrainConfig) -> Path | None:
 
 def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     """Raise :class:`ResumeError` unless ``run_dir`` was written by this configuration."""
+    from .training import resolve_precision
+
     path = run_dir / "config.json"
     if not path.is_file():
         raise ResumeError(f"{run_dir} holds no config.json: it is not a run directory. Fix: pass the --out of the run "
@@ -154,11 +156,42 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
             new[name] = old.get(name)
     for d in (old, new):  # "auto" and what it resolves to build the same model
         d["geometry_trunk"] = TrainConfig.from_dict(d).resolved_geometry_trunk()
+    # a resume computes in the dtype policy the run started with (status.json records it): --mixed-precision
+    # auto may resolve to another on another machine, and another mode may give the same
+    old["mixed_precision"] = _started_policy(run_dir) or _policy_before_record(old["mixed_precision"])
+    new["mixed_precision"] = resolve_precision(new["mixed_precision"])
     diff = sorted(k for k in new if k not in TrainConfig.VOLATILE and old.get(k) != new.get(k))
     if diff:
         details = "; ".join(f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in diff[:6])
-        raise ResumeError(f"{run_dir} was written by another configuration ({details}). Fix: resume with the same "
-                          "options (or only --resume --out DIR), or train into a new --out directory.")
+        fix = "resume with the same options (or only --resume --out DIR)"
+        if "mixed_precision" in diff:
+            fix = (f"--mixed-precision {_MODE_OF_POLICY.get(old['mixed_precision'], 'none')} (the run's dtype policy "
+                   "on this machine)" + ("" if diff == ["mixed_precision"] else " and the run's other options"))
+        raise ResumeError(f"{run_dir} was written by another configuration ({details}). Fix: {fix}, or train into a "
+                          "new --out directory.")
+
+
+_MODE_OF_POLICY = {"float32": "none", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def _policy_before_record(mode: str) -> str:
+    """The policy of a run whose ``status.json`` does not say (an interrupted or failed run written
+    before 2026-12-07): "auto" then meant mixed float16 on a GPU and mixed bfloat16 on every CPU."""
+    from .training import resolve_precision
+
+    if mode == "auto":
+        import tensorflow as tf
+
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return resolve_precision(mode)
+
+
+def _started_policy(run_dir: Path) -> str | None:
+    """The dtype policy ``status.json`` says the run started under (None where it says none)."""
+    try:
+        return aio.read_json(run_dir / "status.json").get("policy")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -251,7 +284,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
         resume: continue the run in ``cfg.out`` (or the latest run of this configuration) from its last
             checkpoint; the result equals an uninterrupted run's within floating-point tolerance.
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
+
+    The run's dtype policy (``cfg.mixed_precision``) holds while it trains; Keras' global policy is
+    given back afterwards, so that models built later in the same process (a notebook, a search) are
+    not built mixed unawares. The saved models keep the policy they trained under (:func:`load_models`).
     """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train(cfg, resume=resume, verbose=verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     import keras
 
     from .architectures import (POSE_ANCHOR, build_model, landmark_grid, task_outputs, with_landmark_outputs,
@@ -334,11 +381,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, verbose: int = 1) -> RunRes
             models[name or "model"] = task_outputs(model, model_tasks)  # the graded outputs only train
     except (NonFiniteLossError, CollapsedModelError) as exc:
         if chief:
-            write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__)
+            write_status(run_dir, "failed", error=str(exc), reason=type(exc).__name__, policy=policy)
         raise
     except BaseException as exc:  # a kill or an error: say so in the run directory, keep the checkpoints
         if chief:
-            write_status(run_dir, "interrupted", error=f"{type(exc).__name__}: {exc}")
+            write_status(run_dir, "interrupted", error=f"{type(exc).__name__}: {exc}", policy=policy)
         raise
     if not chief:
         return RunResult(run_dir, {}, "", histories)

@@ -76,7 +76,9 @@ _HELP = {
     "seed": "seed of initialisation, shuffling, augmentation and dropout (default 0)",
     "split_seed": "seed of the train/val/test split (default 0; --seed leaves the split as it is)",
     "strategy": "none, mirrored, or multiworker (TF_CONFIG)",
-    "mixed_precision": "none, auto, float16 or bfloat16",
+    "mixed_precision": "auto (default: mixed bfloat16 on a CPU with AVX512-BF16 or AMX and on GPUs from "
+                       "compute capability 8.0, mixed float16 on older GPUs, float32 elsewhere), none (float32), "
+                       "float16 or bfloat16",
     "out": "run directory (default runs/<approach>_<backbone>_<hash>_<time>)",
     "check_images": "decode (default), exists or none",
 }

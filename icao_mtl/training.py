@@ -307,17 +307,44 @@ def is_chief(strategy=None) -> bool:
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def set_precision(mode: str | None) -> str:
-    """Set Keras' global dtype policy: "none" (float32), "float16", "bfloat16" or "auto" (float16 on
-    a GPU, bfloat16 otherwise). Call before building models. Returns the policy name."""
+def native_bfloat16_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, from
+    ``/proc/cpuinfo``) with TensorFlow's oneDNN kernels on: there mixed bfloat16 convolutions run
+    faster than float32 ones (the default model's training step 1.48x, ``benchmarks/bench_precision.py``);
+    elsewhere bfloat16 is emulated and slower."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() in ("0", "false", "False"):
+        return False
+    try:
+        flags = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(mode: str | None) -> str:
+    """The Keras dtype policy that ``--mixed-precision mode`` gives on this machine: "none" (or
+    "float32") float32; "float16" / "bfloat16" mixed_float16 / mixed_bfloat16; "auto" (the default) mixed
+    bfloat16 on a CPU that computes bfloat16 natively (:func:`native_bfloat16_cpu`) and on a GPU of
+    compute capability 8.0 or more, mixed_float16 on an older GPU, float32 elsewhere. Variables and
+    the outputs stay float32 under every policy, and so does a network's input stage
+    (:data:`~icao_mtl.backbones.INPUT_STAGE_DTYPE`)."""
     if mode in (None, "none", "float32"):
-        policy = "float32"
-    elif mode == "auto":
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    elif mode in ("float16", "bfloat16"):
-        policy = f"mixed_{mode}"
-    else:
-        raise ConfigError(f"Unknown mixed precision mode {mode!r}. Fix: use none, auto, float16 or bfloat16.")
+        return "float32"
+    if mode == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:  # bfloat16 (no loss scaling) from compute capability 8.0 (Ampere) on, float16 before
+            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+            return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
+        return "mixed_bfloat16" if native_bfloat16_cpu() else "float32"
+    if mode in ("float16", "bfloat16"):
+        return f"mixed_{mode}"
+    raise ConfigError(f"Unknown mixed precision mode {mode!r}. Fix: use none, auto, float16 or bfloat16.")
+
+
+def set_precision(mode: str | None) -> str:
+    """Set Keras' global dtype policy to :func:`resolve_precision` (``mode``). Call before building
+    models. Returns the policy name."""
+    policy = resolve_precision(mode)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 

@@ -60,7 +60,8 @@ class CommonConfig:
         base = TrainConfig(approach="hc2", data=self.data, mapping=self.mapping, synth_n=self.synth_n,
                            synth_size=self.synth_size,
                            backbone=self.backbone, weights=self.weights, img_size=self.img_size,
-                           batch_size=self.batch_size, seed=self.seed, check_images="exists")
+                           batch_size=self.batch_size, seed=self.seed, check_images="exists",
+                           mixed_precision="none")  # every method computes in float32, as the searches do
         return base.copy(**changes)
 
 
