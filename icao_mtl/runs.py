@@ -24,7 +24,7 @@ import csv
 import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +137,15 @@ def latest_run_dir(cfg: TrainConfig) -> Path | None:
     ``--out``)."""
     if not runs_root().is_dir():
         return None
-    found = sorted(runs_root().glob(f"{cfg.approach}_{cfg.backbone}_{cfg.fingerprint()}_*"))
+    from .training import resolve_precision
+
+    # a run of another --mixed-precision mode that computes alike here (auto and bfloat16 on this CPU) is
+    # the same configuration: check_resumable compares the policies
+    policy = resolve_precision(cfg.mixed_precision)
+    modes = [m for m in ("auto", "none", "bfloat16", "float16") if resolve_precision(m) == policy]
+    found = sorted((p for fingerprint in {replace(cfg, mixed_precision=m).fingerprint() for m in modes}
+                    for p in runs_root().glob(f"{cfg.approach}_{cfg.backbone}_{fingerprint}_*")),
+                   key=lambda p: p.name.rsplit("_", 1)[-1])
     return found[-1] if found else None
 
 
@@ -318,7 +326,9 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
         run_dir = Path(cfg.out) if cfg.out else latest_run_dir(cfg)
         if run_dir is None or not run_dir.exists():
             raise ResumeError(f"Nothing to resume: no run directory {'at ' + str(cfg.out) if cfg.out else 'of this configuration under runs/'}. "
-                              "Fix: pass --out with the run to continue, or drop --resume.")
+                              "Fix: pass --out with the run to continue (--resume --out DIR alone resumes it with "
+                              "its own options, e.g. a run trained in float32 before mixed precision became the "
+                              "default), or drop --resume.")
         check_resumable(run_dir, cfg)
     else:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)

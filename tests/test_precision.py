@@ -156,3 +156,22 @@ def test_gradcam_of_a_mixed_model_matches_its_float32_twin():
         exact = gradcam.compute(twin, images, task, target="compliant", upsample=False)
         assert ours.shape == exact.shape and ours.max() > 0
         assert np.corrcoef(ours.ravel(), exact.ravel())[0, 1] > 0.95
+
+
+def test_resume_without_out_finds_the_runs_that_compute_alike(tmp_path, monkeypatch):
+    """``--resume`` without ``--out`` looks for the latest run of the configuration: a run of another
+    ``--mixed-precision`` mode that gives the same policy here is one (auto and bfloat16 on a CPU with
+    native bfloat16), a run of another policy is not."""
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.runs import latest_run_dir
+
+    monkeypatch.setenv("ICAO_MTL_RUNS", str(tmp_path))
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind=None: [])
+    cfg = TrainConfig(epochs=3)
+    for mode, stamp in (("bfloat16", "20261207-100000"), ("none", "20261207-110000")):
+        (tmp_path / f"regions_small_cnn_{cfg.copy(mixed_precision=mode).fingerprint()}_{stamp}").mkdir()
+    monkeypatch.setattr(training, "native_bfloat16_cpu", lambda: True)
+    assert latest_run_dir(cfg).name.endswith("20261207-100000")  # auto = bfloat16 here; the float32 run is not it
+    assert latest_run_dir(cfg.copy(mixed_precision="none")).name.endswith("20261207-110000")
+    monkeypatch.setattr(training, "native_bfloat16_cpu", lambda: False)
+    assert latest_run_dir(cfg).name.endswith("20261207-110000")  # auto = float32 here
