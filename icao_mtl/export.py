@@ -9,7 +9,7 @@ Exports the run's model (or, for STL, every per-requisite model) for serving:
   with dynamic-range quantisation (``--quantize``: int8 weights, float activations).
 
 Both compute in float32, whatever precision the run trained under (:func:`float32_twin`: a mixed
-model's scores move by about bfloat16's resolution, a few thousandths).
+model's scores move by bfloat16's rounding: on 40 portraits of the default run a median of 6e-5, at most 0.025).
 
 ``export/<format>/signature.json`` records the models, their requisites and input sizes, so that
 ``python -m icao_mtl.check RUN_DIR --backend tflite ...`` can run on the export alone.

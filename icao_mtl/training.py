@@ -310,7 +310,7 @@ def is_chief(strategy=None) -> bool:
 def native_bfloat16_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     """Whether this machine's CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, from
     ``/proc/cpuinfo``) with TensorFlow's oneDNN kernels on: there mixed bfloat16 convolutions run
-    faster than float32 ones (the default model's training step 1.48x, ``benchmarks/bench_precision.py``);
+    faster than float32 ones (the default model's training step 1.37x, ``benchmarks/bench_precision.py``);
     elsewhere bfloat16 is emulated and slower."""
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() in ("0", "false", "False"):
         return False
