@@ -301,6 +301,41 @@ def thresholds(run_dir: Path, tasks, operating_point: str) -> dict:
     return out
 
 
+def scored_tta(run_dir: Path) -> str:
+    """How the run's thresholds were found: "flip" (each image's score averaged with its mirror
+    image's) or "none", as ``metrics.json`` records it (runs evaluated before it did: "none")."""
+    path = Path(run_dir) / "metrics.json"
+    return (aio.read_json(path).get("tta") or "none") if path.is_file() else "none"
+
+
+class MirrorAveraged:
+    """A predictor whose score for an image is the mean of its own and its mirror image's: photos
+    are scored as the run's validation images were when their thresholds were found
+    (:func:`scored_tta`)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    @property
+    def tasks(self):
+        return self.predictor.tasks
+
+    @property
+    def input_size(self) -> int:
+        return self.predictor.input_size
+
+    def predict(self, images, **kwargs):
+        images = np.asarray(images, np.float32)
+        own = self.predictor.predict(images, **kwargs)
+        mirrored = self.predictor.predict(np.ascontiguousarray(images[:, :, ::-1]), **kwargs)
+        return {t: (own[t] + mirrored[t]) / 2 for t in own}
+
+
+def run_predictor(predictor, run_dir: Path):
+    """``predictor`` scoring as the run's thresholds expect (:class:`MirrorAveraged` where it says flip)."""
+    return MirrorAveraged(predictor) if scored_tta(run_dir) == "flip" else predictor
+
+
 class KerasPredictor:
     def __init__(self, models: dict):
         self.models = models
@@ -356,7 +391,7 @@ def score_degraded_faces(run_dir, *, limit: int | None = None, data_root=None) -
     rows = np.flatnonzero(ds.split != "train") if unseen_only else np.arange(len(ds))
     if limit is not None:
         rows = np.random.default_rng(0).permutation(rows)[:limit]
-    predictor = KerasPredictor(load_models(run_dir))
+    predictor = run_predictor(KerasPredictor(load_models(run_dir)), run_dir)
     size = predictor.input_size
     photos, framed, found = [], [], 0
     start = time.perf_counter()
@@ -382,6 +417,7 @@ class PhotoReport:
     compliant: bool | None = None
     heatmaps: dict = field(default_factory=dict)
     geometry: dict | None = None  # see located_geometry
+    tta: str | None = None  # "flip": each score is the mean of the photo's and its mirror image's (scored_tta)
 
 
 def framed_to_photo(framing: Framing, photo_shape, fx: float, fy: float) -> tuple[float, float]:
@@ -457,6 +493,7 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
                               f"--backend {predictor.format}.")
     else:
         raise ConfigError(f"Unknown backend {backend!r}. Fix: use keras, savedmodel or tflite.")
+    predictor = run_predictor(predictor, run_dir)
     tasks = predictor.tasks
     thr = thresholds(run_dir, tasks, operating_point)
     size = predictor.input_size
@@ -480,7 +517,8 @@ def check_photos(run_dir, photos, *, operating_point: str = "eer", backend: str 
             req[t] = {"verdict": "compliant" if s >= thr[t] else "non-compliant", "score": s, "threshold": float(thr[t])}
         assessed = [v["verdict"] for v in req.values() if v["verdict"] != "not applicable"]
         report = PhotoReport(str(photo), True, framing=framing.__dict__, requisites=req,
-                             compliant=all(v == "compliant" for v in assessed) if assessed else None)
+                             compliant=all(v == "compliant" for v in assessed) if assessed else None,
+                             tta="flip" if isinstance(predictor, MirrorAveraged) else "none")
         if geometry is not None:
             report.geometry = located_geometry(geometry, img, framing, rgb.shape)
         if heatmaps_dir and models is not None:

@@ -49,7 +49,14 @@ REGIONS_AUGMENT = {"shift": 0.04, "zoom": 0.05}
 GEOMETRY_DEFAULTS = {"landmark_weight": 0.15, "pose_weight": 0.5}
 #: What a run written before a field existed did instead of the field's default: TensorFlow's warp
 #: (before 2026-12-07's OpenCV warp), a geometry branch with its own first layers.
-BEFORE_FIELD = {"warp": "tensorflow", "geometry_trunk": "own"}
+BEFORE_FIELD = {"warp": "tensorflow", "geometry_trunk": "own", "tta": "none", "weight_decay": 0.0}
+#: Fields added since run directories are named by the configuration's fingerprint, each at the value
+#: that runs written before it had: at that value the field stays out of the fingerprint, so those
+#: runs keep theirs (and ``--resume`` without ``--out`` still finds them).
+FINGERPRINT_SINCE = {"weight_decay": 0.0}
+#: Test-time augmentation choices (``TrainConfig.tta``): "flip" averages each image's scores with its
+#: mirror image's, "none" scores it once, "auto" is "flip" where the training augmentation flipped.
+TTA_MODES = ("auto", "flip", "none")
 
 
 @dataclass
@@ -91,6 +98,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 2e-3
     lr_schedule: str = "cosine"
+    weight_decay: float = 0.0  # decoupled weight decay of the kernels (w -= lr * weight_decay * w each step)
     loss_weight: float = 0.1
     severity_weight: float = 0.0  # > 0: also regress each requisite's severity (datasets with severities.csv)
     # > 0: also regress the head's roll, yaw and pitch (datasets with pose.csv); None: GEOMETRY_DEFAULTS
@@ -116,6 +124,10 @@ class TrainConfig:
     # evaluation
     eer_method: str = "fvc"
     bootstrap: int = 0
+    # scores of every image averaged with its mirror image's (evaluate, check): "auto" (the default since
+    # 2026-12-07) where the training augmentation flipped, so the model learnt both as the same case;
+    # runs written before scored each image once
+    tta: str = "auto"
     # system
     seed: int = 0
     strategy: str = "none"
@@ -125,7 +137,7 @@ class TrainConfig:
     out: str | None = None
 
     #: Fields that do not change what is trained (ignored when checking a resume).
-    VOLATILE = ("out", "strategy", "check_images")
+    VOLATILE = ("out", "strategy", "check_images", "tta")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -166,7 +178,8 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of what is trained (volatile fields excluded)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in self.VOLATILE}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in self.VOLATILE and not (k in FINGERPRINT_SINCE and v == FINGERPRINT_SINCE[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def with_geometry(self, train) -> "TrainConfig":
@@ -195,6 +208,14 @@ class TrainConfig:
 
         return resolve_geometry_trunk(self.geometry_trunk, self.backbone, self.model_config().resolved_size(),
                                       pretrained=self.weights not in (None, "none"))
+
+    def resolved_tta(self) -> str:
+        """"flip" or "none": what ``tta`` means for this run ("auto": "flip" when the training
+        augmentation mirrors images, as the reference augmentation does; every ICAO requisite is
+        mirror-symmetric: a mirrored photo keeps its labels)."""
+        if self.tta != "auto":
+            return self.tta
+        return "flip" if self.augment_config().horizontal_flip else "none"
 
     def frozen_backbone(self) -> bool:
         if self.freeze_backbone is not None:
@@ -259,6 +280,10 @@ class TrainConfig:
         if self.warp not in WARPS:
             raise ConfigError(f"warp must be one of {', '.join(WARPS)}. Received: {self.warp!r}.")
         self.resolved_geometry_trunk()
+        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be a number >= 0 (0: none). Received: {self.weight_decay!r}.")
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}. Received: {self.tta!r}.")
         if self.eer_method not in ("fvc", "roc"):
             raise ConfigError(f"eer_method must be fvc or roc. Received: {self.eer_method!r}.")
         if not isinstance(self.keypoints, int) or self.keypoints < 0:

@@ -1,4 +1,4 @@
-"""``python -m icao_mtl.evaluate RUN_DIR [--data PATH] [--split val,test] [--eer-method roc] [--bootstrap 1000] [--by REQS]``
+"""``python -m icao_mtl.evaluate RUN_DIR [--data PATH] [--split val,test] [--eer-method roc] [--bootstrap 1000] [--tta flip] [--by REQS]``
 
 Re-evaluates a finished run: on its own data and split (default), or on another dataset with the
 same tasks (``--data``: then every image of that dataset is scored, as its "test" split unless it has
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val,test", help="splits to evaluate (default val,test)")
     p.add_argument("--eer-method", default=None, choices=("fvc", "roc"))
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for 95%% intervals")
+    p.add_argument("--tta", default=None, choices=("auto", "flip", "none"),
+                   help="flip: average each image's scores with its mirror image's (default: the run's own)")
     p.add_argument("--out", default=None, help="write results here instead of the run directory")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--by", default=None, help="requisites (comma-separated): EER with and without their defects, "
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.by is not None:
         ignored = [flag for flag, v in (("--data", args.data), ("--mapping", args.mapping),
-                                        ("--bootstrap", args.bootstrap)) if v is not None]
+                                        ("--bootstrap", args.bootstrap), ("--tta", args.tta)) if v is not None]
         if ignored:
             raise IcaoMtlError(f"--by reads the saved scores and re-scores nothing, so {', '.join(ignored)} would do "
                                "nothing. Fix: evaluate first (python -m icao_mtl.evaluate RUN_DIR --data OTHER --out "
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.run_dir)
     cfg, models = load_run(run_dir)
-    changes = {k: v for k, v in (("eer_method", args.eer_method), ("bootstrap", args.bootstrap)) if v is not None}
+    changes = {k: v for k, v in (("eer_method", args.eer_method), ("bootstrap", args.bootstrap), ("tta", args.tta))
+               if v is not None}
     if args.data:
         changes.update(data=args.data, mapping=args.mapping)
     cfg = cfg.copy(**changes)

@@ -351,7 +351,8 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     tasks = ds.tasks
     steps = pipes["train"].steps
     total_epochs = cfg.epochs + cfg.finetune_epochs
-    opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps)
+    opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps,
+                            **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
     model_sets = [(t, (t,)) for t in tasks] if cfg.approach == "stl" else [(None, tasks)]
     models, histories, collapses = {}, {}, {}
     try:
@@ -443,15 +444,35 @@ def save_model(model, path: Path) -> None:
         model.save(tmp)
 
 
-def predict_scores(models: dict, pipe, tasks) -> dict[str, np.ndarray]:
-    """P(compliant) for every image of ``pipe`` (in order), per task, from one model or one per task."""
+class _MirroredView:
+    """A pipeline's evaluation batches with every image mirrored left-right (test-time flip
+    averaging). The labels pass unchanged: only the scores of this view are read."""
+
+    def __init__(self, source):
+        self.source, self.steps = source, source.steps
+
+    def eval(self):
+        import tensorflow as tf
+
+        return self.source.eval().map(lambda x, y: (tf.reverse(x, axis=[2]), y))
+
+
+def predict_scores(models: dict, pipe, tasks, *, mirror: bool = False) -> dict[str, np.ndarray]:
+    """P(compliant) for every image of ``pipe`` (in order), per task, from one model or one per task:
+    {task: (n,)}. With ``mirror``, each image's score is the mean of its own and its mirror image's
+    (``--tta flip``)."""
     from .training import Engine
 
     scores = {}
     for name, model in models.items():
         model_tasks = tuple(model.output_names)
         engine = Engine(model, model_tasks, optimizer=lambda: None, verbose=0)
-        scores.update(engine.predict(_TaskView(pipe, model_tasks)))
+        view = _TaskView(pipe, model_tasks)
+        found = engine.predict(view)
+        if mirror:
+            mirrored = engine.predict(_MirroredView(view))
+            found = {t: (found[t] + mirrored[t]) / 2 for t in found}
+        scores.update(found)
     return {t: scores[t] for t in tasks}
 
 
@@ -463,14 +484,16 @@ def evaluate_run(run_dir: Path, cfg: TrainConfig, models: dict, pipes: dict, spl
 
     tasks = splits.train.tasks
     metrics, per_split = {}, {}
+    tta = cfg.resolved_tta()
     for split in splits_to_do:
-        scores = predict_scores(models, pipes[split], tasks)
+        scores = predict_scores(models, pipes[split], tasks, mirror=tta == "flip")
         labels = {t: splits[split].labels[:, j] for j, t in enumerate(tasks)}
         metrics[split] = summarize(evaluate_tasks(labels, scores, method=cfg.eer_method, bootstrap=cfg.bootstrap,
                                                   seed=cfg.seed))
         per_split[split] = (labels, scores)
         _write_scores(run_dir / f"scores_{split}.csv", splits[split].names, scores, labels)
     metrics["eer_method"] = cfg.eer_method
+    metrics["tta"] = tta  # check scores photos as these thresholds were found
     aio.write_json(run_dir / "metrics.json", metrics)
     last = "test" if "test" in metrics else splits_to_do[-1]
     md, csv_text = requisite_table(metrics[last], title=f"{cfg.approach.upper()} on {cfg.backbone}, {last} split")

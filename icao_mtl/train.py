@@ -30,7 +30,7 @@ _FLAGS = {
     "intensity": float, "finetune_epochs": int, "finetune_unfreeze": str, "monitor": str, "patience": int,
     "interpolation": str, "eer_method": str, "bootstrap": int, "seed": int, "split_seed": int, "strategy": str,
     "mixed_precision": str, "out": str, "synth_n": int, "synth_size": int, "check_images": str, "extra_train": str,
-    "keypoints": int, "warp": str, "geometry_trunk": str,
+    "keypoints": int, "warp": str, "geometry_trunk": str, "tta": str, "weight_decay": float,
 }
 _HELP = {
     "data": "dataset directory, or synthetic (default) / digits / lfw",
@@ -53,6 +53,8 @@ _HELP = {
     "epochs": "training epochs (the paper: 10, 50 or 200)",
     "lr_schedule": "constant, reference (the paper code's Adam decay) or cosine",
     "loss_weight": "weight of every task's loss (the reference code: 0.1)",
+    "weight_decay": "decoupled weight decay of the kernels, every step w -= lr * weight_decay * w (default 0: "
+                    "none)",
     "severity_weight": "weight of a regression of every requisite's severity beside its label, from the "
                        "same hidden layer (needs the dataset's severities.csv, as the synthetic set has; 0: off)",
     "landmark_weight": "regions: weight of locating seven face points (eyes, cheeks, nose, mouth, chin) in a "
@@ -73,6 +75,8 @@ _HELP = {
             "runs trained before 2026-12-07 used it and resume with it)",
     "eer_method": "fvc (default, FVC2000 / pyeer) or roc (interpolated ROC crossing)",
     "bootstrap": "bootstrap resamples for 95%% EER intervals (default 0: none)",
+    "tta": "test-time augmentation of evaluate and check: flip (each image's scores averaged with its mirror "
+           "image's), none, or auto (default: flip when the training augmentation flips images)",
     "seed": "seed of initialisation, shuffling, augmentation and dropout (default 0)",
     "split_seed": "seed of the train/val/test split (default 0; --seed leaves the split as it is)",
     "strategy": "none, mirrored, or multiworker (TF_CONFIG)",

@@ -361,7 +361,9 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, *, schedule: str = "
             applied per iteration as ``lr / (1 + decay * t)`` and Keras 3 silently ignores: here an
             ``InverseTimeDecay``); or "cosine" (cosine decay to 0 over ``epochs * steps_per_epoch``
             steps of the run; the engine continues it across phases).
-        **kwargs: passed to the optimiser (e.g. ``weight_decay``, ``clipnorm``, ``epsilon``).
+        **kwargs: passed to the optimiser (e.g. ``weight_decay``, ``clipnorm``, ``epsilon``). A
+            ``weight_decay`` is Keras' decoupled one (every step, ``w -= lr * weight_decay * w``), on the
+            kernels only: biases and batch normalisation's scales and offsets are left out.
     """
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"The learning rate must be positive. Received: lr={lr!r}. Fix: e.g. --lr 1e-3.")
@@ -387,7 +389,11 @@ def optimizer_factory(name: str = "adam", lr: float = 1e-3, *, schedule: str = "
             rate = keras.optimizers.schedules.CosineDecay(lr, max(1, epochs * steps_per_epoch))
         else:
             rate = lr
-        return cls(rate, **kwargs)
+        optimizer = cls(rate, **kwargs)
+        if kwargs.get("weight_decay"):
+            # shrinking a bias or a normalisation's scale does not regularise what the kernels learn
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        return optimizer
 
     return make
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icao_mtl import analyze, check, export, gradcam, train
+from icao_mtl import analyze, check, evaluate, export, gradcam, train
 from icao_mtl.runs import load_models, read_scores
 from icao_mtl.synth import SynthConfig, generate
 
@@ -286,6 +286,51 @@ def test_framing_helpers():
     assert crop.shape == (200, 200, 3)  # face width 40% of the side
     _, framing = check.frame_face(np.full((120, 120, 3), 200, np.uint8), align="cascade")
     assert framing.faces == 0 and "no face" in framing.note
+
+
+# --- test-time flip averaging ------------------------------------------------------------------------
+
+def test_evaluation_and_check_average_each_image_with_its_mirror_image(run, model, photos, tmp_path):
+    """The reference augmentation flips training images, so ``--tta auto`` scores every image as the mean
+    of its own and its mirror image's scores; ``--tta none`` scores it once. check uses what metrics.json
+    says its thresholds were found with."""
+    import cv2
+
+    _, out = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tta"] == "flip"
+    images, _ = _test_images(run, 40)
+    own = check.KerasPredictor({"model": model}).predict(images)
+    mirrored = check.KerasPredictor({"model": model}).predict(images[:, :, ::-1])
+    _, saved, _ = read_scores(out / "scores_test.csv")
+    once = tmp_path / "once"
+    assert evaluate.main([str(out), "--tta", "none", "--out", str(once), "--quiet"]) == 0
+    assert json.loads((once / "metrics.json").read_text())["tta"] == "none"
+    _, single, _ = read_scores(once / "scores_test.csv")
+    moved = []
+    for t in TASKS:
+        np.testing.assert_allclose(saved[t][:40], (own[t] + mirrored[t]) / 2, atol=1e-5)
+        np.testing.assert_allclose(single[t][:40], own[t], atol=1e-5)
+        moved.append(np.abs(own[t] - mirrored[t]).max())
+    assert max(moved) > 1e-3  # the model is not exactly mirror-symmetric: the average is not a no-op
+
+    d, _ = photos
+    report = check.check_photos(out, [d / "portrait.png"], align="none")[0]
+    assert report.tta == "flip"
+    img = np.asarray(Image.open(d / "portrait.png").convert("RGB"))
+    img = cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+    a, b = check.KerasPredictor({"model": model}).predict(img), check.KerasPredictor({"model": model}).predict(
+        img[:, :, ::-1])
+    for t in TASKS:
+        assert report.requisites[t]["score"] == pytest.approx((a[t][0] + b[t][0]) / 2, abs=1e-5)
+    # a run evaluated once (as runs evaluated before --tta were) is checked once
+    import shutil
+
+    for name in ("model.keras", "config.json"):
+        shutil.copy(out / name, once / name)
+    assert check.check_photos(once, [d / "portrait.png"], align="none")[0].tta == "none"
+    assert check.check_photos(once, [d / "portrait.png"], align="none")[0].requisites["hat"]["score"] == \
+        pytest.approx(a["hat"][0], abs=1e-5)
 
 
 # --- export ---------------------------------------------------------------------------------------------

@@ -205,6 +205,23 @@ def test_sgd_nesterov_keeps_every_keyword():
         optimizer_factory("adam", 1e-3, not_an_option=1)
 
 
+def test_weight_decay_shrinks_kernels_only_by_lr_times_decay():
+    """``weight_decay`` is decoupled (w -= lr * wd * w per step, whatever the gradient) and leaves biases
+    and batch normalisation's scale and offset alone."""
+    inputs = keras.Input((4,))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3, name="dense")(inputs))
+    model = keras.Model(inputs, h)
+    for v in model.trainable_variables:
+        v.assign(np.full(v.shape, 2.0, np.float32))
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    opt = optimizer_factory("adam", 0.1, weight_decay=0.5)()
+    opt.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:
+        expected = before[v.path] * (1 - 0.1 * 0.5) if v.name == "kernel" else before[v.path]
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
+    assert {v.name for v in model.trainable_variables} == {"kernel", "bias", "gamma", "beta"}
+
+
 def test_a_learning_rate_schedule_continues_across_phases():
     """Defect 7: a cosine sized for two one-epoch phases ends the first at half the rate and the second
     at zero (it restarted in every phase: 0.005, 0.005); ``restart_schedules`` restarts it."""

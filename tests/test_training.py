@@ -222,7 +222,9 @@ def test_the_warp_is_part_of_a_runs_configuration_and_older_runs_resume_with_the
     """A run records how its augmentation was warped: OpenCV by default, ``--warp tensorflow`` on
     request; a whole configuration written before the option existed reads as TensorFlow's warp (what
     it trained with), so resuming it with today's default is refused with the fix, and a partial
-    configuration file gets the default. The cached features of a search are keyed by the warp."""
+    configuration file gets the default. The cached features of a search are keyed by the warp. (Every
+    configuration here computes in float32: the dtype policy that "auto" resolves to depends on the CPU,
+    and tests/test_precision.py checks how a resume treats it.)"""
     import dataclasses
 
     from icao_mtl.config import TrainConfig
@@ -235,14 +237,14 @@ def test_the_warp_is_part_of_a_runs_configuration_and_older_runs_resume_with_the
     assert config_from_args(build_parser().parse_args(["--warp", "tensorflow"])).warp == "tensorflow"
     with pytest.raises(ConfigError, match="warp must be one of opencv, tensorflow"):
         TrainConfig(warp="pillow").validate()
-    before = {k: v for k, v in TrainConfig(epochs=3).to_dict().items() if k != "warp"}
+    before = {k: v for k, v in TrainConfig(epochs=3, mixed_precision="none").to_dict().items() if k != "warp"}
     assert TrainConfig.from_dict(before).warp == "tensorflow"
     assert TrainConfig.from_dict({"epochs": 3}).warp == "opencv"
     (tmp_path / "config.json").write_text(json.dumps(before))
     with pytest.raises(ResumeError, match="warp: 'tensorflow' in the run, 'opencv' now") as err:
-        check_resumable(tmp_path, TrainConfig(epochs=3))
+        check_resumable(tmp_path, TrainConfig(epochs=3, mixed_precision="none"))
     assert "Fix:" in str(err.value)
-    check_resumable(tmp_path, TrainConfig(epochs=3, warp="tensorflow"))
+    check_resumable(tmp_path, TrainConfig(epochs=3, mixed_precision="none", warp="tensorflow"))
     stored = config_from_args(build_parser().parse_args(["--resume", "--out", str(tmp_path)]))
     assert stored.warp == "tensorflow"  # --resume --out alone continues with the run's own warp
     assert "warp" in {f.name for f in dataclasses.fields(FeatureKey)}
@@ -257,7 +259,7 @@ def test_runs_written_before_the_shared_geometry_trunk_resume_with_their_own(tmp
     from icao_mtl.runs import check_resumable
     from icao_mtl.train import build_parser, config_from_args
 
-    now = TrainConfig(epochs=3).to_dict()
+    now = TrainConfig(epochs=3, mixed_precision="none").to_dict()
     before = {k: v for k, v in now.items() if k != "geometry_trunk"}
     older = {k: v for k, v in before.items() if k != "warp"}
     assert (TrainConfig.from_dict(before).geometry_trunk, TrainConfig.from_dict(before).warp) == ("own", "opencv")
@@ -269,15 +271,16 @@ def test_runs_written_before_the_shared_geometry_trunk_resume_with_their_own(tmp
     TrainConfig(approach="hc2", backbone="vgg16", geometry_trunk="shared").validate()  # no branch: nothing to refuse
     (tmp_path / "config.json").write_text(json.dumps(before))
     with pytest.raises(ResumeError, match="geometry_trunk: 'own' in the run, 'shared' now") as err:
-        check_resumable(tmp_path, TrainConfig(epochs=3))
+        check_resumable(tmp_path, TrainConfig(epochs=3, mixed_precision="none"))
     assert "Fix:" in str(err.value)
-    check_resumable(tmp_path, TrainConfig(epochs=3, geometry_trunk="own"))
+    check_resumable(tmp_path, TrainConfig(epochs=3, mixed_precision="none", geometry_trunk="own"))
     # where the option changes nothing (no geometry branch, or one that "auto" gives its own layers),
     # an older run resumes with today's default
     for changes in ({"approach": "hc2"}, {"landmark_weight": 0.0}, {"img_size": 192}):
-        older_run = {k: v for k, v in TrainConfig(epochs=3, **changes).to_dict().items() if k != "geometry_trunk"}
+        older_run = {k: v for k, v in TrainConfig(epochs=3, mixed_precision="none", **changes).to_dict().items()
+                     if k != "geometry_trunk"}
         (tmp_path / "config.json").write_text(json.dumps(older_run))
-        check_resumable(tmp_path, TrainConfig(epochs=3, **changes))
+        check_resumable(tmp_path, TrainConfig(epochs=3, mixed_precision="none", **changes))
 
 
 def test_paper_presets_are_valid_configurations():
@@ -286,3 +289,32 @@ def test_paper_presets_are_valid_configurations():
     for name, preset in PAPER_PRESETS.items():
         cfg = TrainConfig().copy(**preset, **({"nas_config": [2, 1, 3, 2]} if preset["approach"] == "nas" else {}))
         assert cfg.validate().frozen_backbone(), name
+
+
+def test_weight_decay_and_test_time_flips_keep_older_runs_as_they_were(tmp_path):
+    """A configuration written before --weight-decay and --tta reads as no decay and one score per
+    image (how it trained and was evaluated) and keeps its fingerprint, so --resume without --out still
+    finds its directory; a decay joins the fingerprint, the test-time flips (evaluation only) do not;
+    "auto" flips at test time exactly when the training augmentation flipped; bad values are refused
+    with the fix before any work."""
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.errors import ConfigError
+    from icao_mtl.runs import check_resumable
+    from icao_mtl.train import build_parser, config_from_args
+
+    now = TrainConfig(epochs=3, mixed_precision="none")
+    before = {k: v for k, v in now.to_dict().items() if k not in ("weight_decay", "tta")}
+    old = TrainConfig.from_dict(before)
+    assert (old.weight_decay, old.tta, old.resolved_tta()) == (0.0, "none", "none")
+    assert old.fingerprint() == now.fingerprint() == now.copy(tta="none").fingerprint()
+    assert now.copy(weight_decay=0.05).fingerprint() != now.fingerprint()
+    (tmp_path / "config.json").write_text(json.dumps(before))
+    check_resumable(tmp_path, now)  # the flips are evaluation: a resume does not compare them
+    assert (now.resolved_tta(), TrainConfig(flip=False).resolved_tta(), TrainConfig(augment="none").resolved_tta(),
+            TrainConfig(augment="none", tta="flip").resolved_tta()) == ("flip", "none", "none", "flip")
+    args = config_from_args(build_parser().parse_args(["--weight-decay", "0.05", "--tta", "none"]))
+    assert (args.weight_decay, args.tta) == (0.05, "none")
+    with pytest.raises(ConfigError, match="weight_decay must be a number >= 0"):
+        TrainConfig(weight_decay=-1.0).validate()
+    with pytest.raises(ConfigError, match="tta must be one of auto, flip, none"):
+        TrainConfig(tta="mirror").validate()
