@@ -65,8 +65,10 @@ class TrainConfig:
     ``regions`` approach (the whole photo at half resolution, the eye band at full resolution and the
     geometry branch, one head per requisite) on the small CNN trained from scratch on the 224 px
     synthetic set, 24 epochs, milder shifts and zoom than the reference augmentation
-    (:data:`REGIONS_AUGMENT`), mixed bfloat16 where the hardware computes it natively; about 9
-    minutes on 2 CPU cores with AVX512-BF16 (13 in float32), data generation included (README)."""
+    (:data:`REGIONS_AUGMENT`), mixed bfloat16 where the hardware computes it natively, each evaluated
+    image scored with its mirror image (``tta``); data generation included, about 10 minutes on 2
+    CPU cores with AVX512-BF16 (13 in float32 there), 28 on 2 cores of an AMD EPYC with AVX2 only
+    (float32) (README)."""
 
     # data
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)
