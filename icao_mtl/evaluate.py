@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import TTA_MODES
 from .errors import IcaoMtlError, command
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val,test", help="splits to evaluate (default val,test)")
     p.add_argument("--eer-method", default=None, choices=("fvc", "roc"))
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for 95%% intervals")
-    p.add_argument("--tta", default=None, choices=("auto", "flip", "none"),
+    p.add_argument("--tta", default=None, choices=TTA_MODES,
                    help="flip: average each image's scores with its mirror image's (default: the run's own)")
     p.add_argument("--out", default=None, help="write results here instead of the run directory")
     p.add_argument("--quiet", action="store_true")
