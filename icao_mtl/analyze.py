@@ -40,8 +40,8 @@ def split_dataset_of_run(run_dir: Path, cfg, split: str):
                    synth_size=cfg.synth_size, progress=False)
     from .data.splits import append_rows
 
-    for name in cfg.extra_sets():  # their training rows are in split.csv as <its directory>/<image>
-        ds = append_rows(ds, data.load(name, check_images="exists", progress=False))
+    for name, load_kwargs in cfg.extra_training_sets():  # training rows in split.csv: <its directory>/<image>
+        ds = append_rows(ds, data.load(name, check_images="exists", progress=False, **load_kwargs))
     if not (run_dir / "split.csv").is_file():
         raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
                           "directory written by python -m icao_mtl.train, nas.depth or nas.bmtas.")

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             splits = data.split_dataset(ds)
     else:
-        _, splits = prepare_data(cfg, verbose=0 if args.quiet else 1)
+        _, splits = prepare_data(cfg, verbose=0 if args.quiet else 1, training=False)
     trained = {t for m in models.values() for t in m.output_names}
     missing = [t for t in splits.train.tasks if t not in trained]
     if missing:

@@ -42,8 +42,12 @@ def runs_root() -> Path:
 # ---------------------------------------------------------------------------------------------
 # data
 
-def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
-    """Read, validate and split the dataset of ``cfg``. Returns ``(dataset, splits)``."""
+def prepare_data(cfg: TrainConfig, *, verbose: int = 1, training: bool = True):
+    """Read, validate and split the dataset of ``cfg``. Returns ``(dataset, splits)``.
+
+    With ``training`` (the default), the training splits of ``cfg``'s more synthetic sets
+    (:meth:`~icao_mtl.config.TrainConfig.resolved_synth_extra`; rendered on first use) and of its
+    ``extra_train`` sets join the training split; without it (scoring a run) they are not read."""
     from . import data
     from .data import ColumnMapping
 
@@ -54,12 +58,15 @@ def prepare_data(cfg: TrainConfig, *, verbose: int = 1):
     if verbose:
         print(ds.report.summary())
         print(splits.report.summary())
-    for name in cfg.extra_sets():
-        extra = data.load(name, check_images=cfg.check_images, progress=verbose > 0)
+    if not training:
+        return ds, splits
+    for name, load_kwargs in cfg.extra_training_sets():
+        extra = data.load(name, check_images=cfg.check_images, progress=verbose > 0, **load_kwargs)
+        label = f"synthetic set of seed {load_kwargs['seed']}" if "seed" in load_kwargs else f"--extra-train {name}"
         before = splits.report.extra_train
         splits = data.with_extra_training(splits, extra, fractions=tuple(cfg.split), seed=cfg.split_seed)
         if verbose:
-            print(f"--extra-train {name}: {splits.report.extra_train - before} of its training images added "
+            print(f"{label}: {splits.report.extra_train - before} of its training images added "
                   f"(train split now {len(splits.train)})")
     return ds, splits
 
@@ -157,8 +164,8 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     if not path.is_file():
         raise ResumeError(f"{run_dir} holds no config.json: it is not a run directory. Fix: pass the --out of the run "
                           "to continue, or drop --resume to start a new run.")
-    old = TrainConfig.from_json(path).to_dict()
-    new = cfg.to_dict()
+    old = TrainConfig.from_json(path).with_defaults().to_dict()
+    new = cfg.with_defaults().to_dict()
     for name in GEOMETRY_DEFAULTS:  # left to the default: decided from the same data as the run did
         if new.get(name) is None:
             new[name] = old.get(name)
@@ -316,7 +323,7 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     from .training import (Engine, finetune_phases, is_chief, make_strategy, optimizer_factory, set_precision,
                            standard_phases)
 
-    cfg.validate()
+    cfg = cfg.validate().with_defaults()  # config.json says what trained; the fingerprint follows it
     if cfg.finetune_epochs and not cfg.frozen_backbone():
         raise ConfigError("Fine-tuning phases unfreeze a frozen backbone, but this backbone trains from scratch "
                           "(--weights none). Fix: drop --finetune-epochs, or use pretrained weights.")
@@ -352,7 +359,7 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     steps = pipes["train"].steps
     total_epochs = cfg.epochs + cfg.finetune_epochs
     opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps,
-                            **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))
+                            **({"weight_decay": cfg.weight_decay} if cfg.resolved_weight_decay() else {}))
     model_sets = [(t, (t,)) for t in tasks] if cfg.approach == "stl" else [(None, tasks)]
     models, histories, collapses = {}, {}, {}
     try:

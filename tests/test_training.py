@@ -302,8 +302,8 @@ def test_weight_decay_and_test_time_flips_keep_older_runs_as_they_were(tmp_path)
     from icao_mtl.runs import check_resumable
     from icao_mtl.train import build_parser, config_from_args
 
-    now = TrainConfig(epochs=3, mixed_precision="none")
-    before = {k: v for k, v in now.to_dict().items() if k not in ("weight_decay", "tta")}
+    now = TrainConfig(epochs=3, mixed_precision="none", weight_decay=0.0, synth_extra=0)
+    before = {k: v for k, v in now.to_dict().items() if k not in ("weight_decay", "tta", "synth_extra")}
     old = TrainConfig.from_dict(before)
     assert (old.weight_decay, old.tta, old.resolved_tta()) == (0.0, "none", "none")
     assert old.fingerprint() == now.fingerprint() == now.copy(tta="none").fingerprint()
@@ -318,3 +318,54 @@ def test_weight_decay_and_test_time_flips_keep_older_runs_as_they_were(tmp_path)
         TrainConfig(weight_decay=-1.0).validate()
     with pytest.raises(ConfigError, match="tta must be one of auto, flip, none"):
         TrainConfig(tta="mirror").validate()
+
+
+def test_the_default_run_adds_a_second_synthetic_set_and_weight_decay_where_they_were_measured(tmp_path,
+                                                                                            monkeypatch):
+    """The default (regions from scratch on the synthetic set) trains with a decay of 0.1 on its own
+    training split plus a second synthetic set's (seed 1, rendered on first use); validation and test
+    stay the first set's. Other approaches, pretrained weights and other data keep neither; given
+    values win; config.json records the decided values; a run written before the two options resumes
+    only with what it did (no decay, one set), and the refusal names them."""
+    from icao_mtl.config import REGIONS_DEFAULTS, TrainConfig
+    from icao_mtl.errors import ResumeError
+    from icao_mtl.runs import check_resumable, prepare_data
+    from icao_mtl.train import build_parser, config_from_args
+
+    default = TrainConfig()
+    assert (default.resolved_weight_decay(), default.resolved_synth_extra()) == (0.1, 1) == \
+        (REGIONS_DEFAULTS["weight_decay"], REGIONS_DEFAULTS["synth_extra"])
+    assert default.epochs == 12
+    for other in (TrainConfig(approach="hc2"), TrainConfig(weights="imagenet")):
+        assert (other.resolved_weight_decay(), other.resolved_synth_extra()) == (0.0, 0)
+    assert TrainConfig(data=str(tmp_path)).resolved_synth_extra() == 0  # another dataset trains on itself
+    assert TrainConfig(approach="hc2", synth_extra=2, weight_decay=0.01).with_defaults().to_dict().items() >= \
+        {"synth_extra": 2, "weight_decay": 0.01}.items()
+    assert default.with_defaults().fingerprint() == TrainConfig(weight_decay=0.1, synth_extra=1).fingerprint()
+    args = config_from_args(build_parser().parse_args(["--synth-extra", "0", "--weight-decay", "0"]))
+    assert (args.resolved_synth_extra(), args.resolved_weight_decay()) == (0, 0.0)
+
+    monkeypatch.setenv("ICAO_MTL_DATA", str(tmp_path / "data"))
+    small = dict(synth_n=40, synth_size=64, check_images="exists")
+    _, alone = prepare_data(TrainConfig(synth_extra=0, **small), verbose=0)
+    _, both = prepare_data(TrainConfig(**small), verbose=0)
+    _, scoring = prepare_data(TrainConfig(**small), verbose=0, training=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["synthetic_n40_s64_seed0", "synthetic_n40_s64_seed1"]
+    added = [n for n in both.train.names if n not in alone.train.names]
+    assert len(added) == len(both.train) - len(alone.train) > 20 and all("seed1" in n for n in added)
+    assert both.val.names == alone.val.names and both.test.names == alone.test.names
+    assert scoring.train.names == alone.train.names  # scoring a run reads no training sets
+    from icao_mtl.analyze import split_dataset_of_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.csv").write_text("image,split\n" + "".join(f"{n},train\n" for n in both.train.names))
+    assert split_dataset_of_run(run, TrainConfig(**small), "train").names == both.train.names
+
+    then = dict(epochs=24, mixed_precision="none")
+    before = {k: v for k, v in TrainConfig(**then).to_dict().items() if k not in ("weight_decay", "synth_extra")}
+    (tmp_path / "config.json").write_text(json.dumps(before))
+    check_resumable(tmp_path, TrainConfig(weight_decay=0.0, synth_extra=0, **then))
+    with pytest.raises(ResumeError, match="synth_extra: 0 in the run, 1 now") as refused:
+        check_resumable(tmp_path, TrainConfig(**then))
+    assert "weight_decay: 0.0 in the run, 0.1 now" in str(refused.value)
