@@ -3,8 +3,9 @@
 Hair over the eyes stays at 24-35% test EER in every default run. This script takes the multi-task
 model out of the question: the regions model's eye band (rows 0.29-0.53, columns 0.27-0.73 of the
 224-px portrait, 54 x 104 px, read at full resolution) goes through the same four conv-BN-ReLU layers
-(16, 24, 48, 64 filters, max pooling after the last three), average and max pooling, D(64), D(2), for
-one requisite only. It trains two such models for the same number of steps, side by side:
+(16, 24, 48, 64 filters, max pooling after the last three; the package's ``conv_bn_relu``), average
+and max pooling, D(64), D(2), for one requisite only. (The regions model reads the band from the
+whole augmented portrait; here random 6-px shifts of the crop stand for the run's shifts.) It trains two such models for the same number of steps, side by side:
 
 - ``default``: the training split of the default synthetic set (4,500 portraits), ``--epochs`` epochs;
 - ``twice``: the same split plus the training split of a second synthetic set (seed 1, 4,500 more
@@ -54,13 +55,13 @@ def eye_band_model(height: int, width: int, seed: int):
     """The regions model's eye branch with one head: (batch, height, width, 3) uint8 -> (batch, 2)."""
     import keras
 
+    from icao_mtl.backbones import Preprocess, conv_bn_relu
+
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((height, width, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = Preprocess("unit")(inputs)  # as the regions model's eye branch: [0, 255] -> [0, 1]
     for i, filters in enumerate((16, 24, 48, 64)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+        x = conv_bn_relu(x, filters, f"eyes_block{i}")
         if i >= 1:
             x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])

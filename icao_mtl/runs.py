@@ -359,7 +359,7 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     steps = pipes["train"].steps
     total_epochs = cfg.epochs + cfg.finetune_epochs
     opt = optimizer_factory(cfg.optimizer, cfg.lr, schedule=cfg.lr_schedule, epochs=total_epochs, steps_per_epoch=steps,
-                            **({"weight_decay": cfg.weight_decay} if cfg.resolved_weight_decay() else {}))
+                            **({"weight_decay": cfg.weight_decay} if cfg.weight_decay else {}))  # decided above
     model_sets = [(t, (t,)) for t in tasks] if cfg.approach == "stl" else [(None, tasks)]
     models, histories, collapses = {}, {}, {}
     try:
