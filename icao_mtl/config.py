@@ -73,7 +73,8 @@ class TrainConfig:
     portraits), 12 epochs, decoupled weight decay 0.1 (:data:`REGIONS_DEFAULTS`), milder shifts and zoom
     than the reference augmentation (:data:`REGIONS_AUGMENT`), mixed bfloat16 where the hardware
     computes it natively, each evaluated image scored with its mirror image (``tta``); data generation
-    included, 31 minutes on 2 cores of an AMD EPYC with AVX2 only (float32; README)."""
+    included, 19 minutes on 2 cores of an AMD EPYC with AVX2 only (float32, TensorFlow's oneDNN kernels;
+    README)."""
 
     # data
     data: str | None = None  # a dataset directory, or synthetic / digits / lfw (default: synthetic)

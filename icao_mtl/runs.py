@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,8 +225,15 @@ def write_split(run_dir: Path, splits) -> None:
 
 def write_status(run_dir: Path, state: str, **extra) -> None:
     """``status.json``: running / finished / failed / interrupted, the time, and what else is given
-    (the error, a collapse, the dtype policy)."""
-    aio.write_json(run_dir / "status.json", {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **extra})
+    (the error, a collapse, the dtype policy), and whether TensorFlow's oneDNN kernels compute
+    (``onednn``, where TensorFlow is loaded: the same run elsewhere sums in another order)."""
+    compute = {}
+    if "tensorflow" in sys.modules:
+        from .training import onednn_kernels_on
+
+        compute["onednn"] = onednn_kernels_on()
+    aio.write_json(run_dir / "status.json",
+                   {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **compute, **extra})
 
 
 def start_run_dir(run_dir: Path, config: dict, splits, **status) -> None:

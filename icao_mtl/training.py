@@ -321,6 +321,18 @@ def native_bfloat16_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+def onednn_kernels_on() -> bool:
+    """Whether TensorFlow computes with its oneDNN kernels in this process: ``TF_ENABLE_ONEDNN_OPTS``
+    as it was when TensorFlow was imported (``import icao_mtl`` sets it to 1 where it is unset; on an
+    AVX2 CPU the default model's training step is about 1.6 times as fast, ``benchmarks/bench_onednn.py``).
+    Two runs that differ in it compute the same model with another order of sums."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without this probe: the variable as it is now
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip() not in ("0", "false", "False")
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def resolve_precision(mode: str | None) -> str:
     """The Keras dtype policy that ``--mixed-precision mode`` gives on this machine: "none" (or
     "float32") float32; "float16" / "bfloat16" mixed_float16 / mixed_bfloat16; "auto" (the default) mixed

@@ -12,3 +12,5 @@ A method package never imports another; each exposes ``run(config) -> MethodResu
 commands, kept for one release; ``nas.blocks`` and ``nas.supergraph`` let models saved before the
 move load.
 """
+
+import icao_mtl  # noqa: F401  (sets TensorFlow's defaults before a method imports it)

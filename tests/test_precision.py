@@ -1,8 +1,12 @@
 """Mixed precision: what ``--mixed-precision auto`` (the default) resolves to, the input stage kept in
 float32 under mixed bfloat16, Keras' global policy given back after a run, and a resume refused
-under another policy than the run's."""
+under another policy than the run's; TensorFlow's oneDNN kernels on wherever the package is imported
+first, and recorded in ``status.json``."""
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import keras
@@ -46,6 +50,22 @@ def test_native_bfloat16_is_read_from_the_cpu_flags_with_onednn_on(monkeypatch, 
     assert not native_bfloat16_cpu(with_bf16)
 
 
+def test_importing_the_package_first_turns_onednn_on_unless_the_user_set_it():
+    """TensorFlow turns its oneDNN kernels on by itself only on AVX-512 VNNI / BF16 / AMX CPUs; the package
+    turns them on before TensorFlow loads (1.6x the training step on an AVX2 CPU) and leaves a user's
+    TF_ENABLE_ONEDNN_OPTS alone. Each case in a fresh interpreter: TensorFlow reads it once."""
+    probe = ("import os, nas.common, tensorflow; from icao_mtl.training import onednn_kernels_on; "
+             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_kernels_on())")
+    for given, expected in ((None, "1 True"), ("0", "0 False"), ("1", "1 True")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        if given is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = given
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split("\n")[-2] == expected, (given, done.stdout)
+
+
 def test_the_input_stage_stays_float32_under_mixed_bfloat16():
     """The image, its pooling, crop and scaling, and each branch's first block compute in float32
     (bfloat16's steps near white are half a grey level), and so does the geometry branch from its
@@ -86,7 +106,8 @@ def test_a_mixed_run_gives_back_the_policy_and_resumes_only_under_its_own(synth_
             "--check-images", "none", "--tasks", "blurred,light", "--out", str(out)]
     assert train.main([*args, "--mixed-precision", "bfloat16"]) == 0
     assert keras.mixed_precision.global_policy().name == "float32"  # the process's later models are float32
-    assert json.loads((out / "status.json").read_text())["policy"] == "mixed_bfloat16"
+    status = json.loads((out / "status.json").read_text())
+    assert (status["policy"], status["onednn"]) == ("mixed_bfloat16", training.onednn_kernels_on())
     photos = read_dataset(synth_small, check_images="none").paths[:6]
     reports = check.check_photos(out, photos, align="none")  # the mixed model loads and scores
     # the exports compute in float32 (TFLite has no bfloat16 kernels) with the same weights: scores within
