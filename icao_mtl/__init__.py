@@ -15,9 +15,10 @@ import os
 __version__ = "0.1.0"
 
 # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX; on the
-# others (AVX2: most AMD and desktop Intel CPUs) the default model's training step is about 1.6 times
-# as fast with them (benchmarks/bench_onednn.py). TensorFlow reads the variable when it is first
-# imported: every command of the package imports icao_mtl first; TF_ENABLE_ONEDNN_OPTS=0 still wins.
+# others (AVX2: most AMD and desktop Intel CPUs) the default model's training step is about 1.75 times
+# as fast with them (a 2-core AMD EPYC, benchmarks/bench_onednn.py). TensorFlow reads the variable when
+# it is first imported: every command of the package imports icao_mtl first (a notebook must too);
+# TF_ENABLE_ONEDNN_OPTS=0 still wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 #: Packages whose modules may define the registered layers of a saved model.

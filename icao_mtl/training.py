@@ -324,7 +324,7 @@ def native_bfloat16_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
 def onednn_kernels_on() -> bool:
     """Whether TensorFlow computes with its oneDNN kernels in this process: ``TF_ENABLE_ONEDNN_OPTS``
     as it was when TensorFlow was imported (``import icao_mtl`` sets it to 1 where it is unset; on an
-    AVX2 CPU the default model's training step is about 1.6 times as fast, ``benchmarks/bench_onednn.py``).
+    AVX2 CPU the default model's training step is about 1.75 times as fast, ``benchmarks/bench_onednn.py``).
     Two runs that differ in it compute the same model with another order of sums."""
     try:
         from tensorflow.python.util import _pywrap_util_port

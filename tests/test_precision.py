@@ -52,7 +52,7 @@ def test_native_bfloat16_is_read_from_the_cpu_flags_with_onednn_on(monkeypatch, 
 
 def test_importing_the_package_first_turns_onednn_on_unless_the_user_set_it():
     """TensorFlow turns its oneDNN kernels on by itself only on AVX-512 VNNI / BF16 / AMX CPUs; the package
-    turns them on before TensorFlow loads (1.6x the training step on an AVX2 CPU) and leaves a user's
+    turns them on before TensorFlow loads (1.75x the training step on an AVX2 CPU) and leaves a user's
     TF_ENABLE_ONEDNN_OPTS alone. Each case in a fresh interpreter: TensorFlow reads it once."""
     probe = ("import os, nas.common, tensorflow; from icao_mtl.training import onednn_kernels_on; "
              "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_kernels_on())")
