@@ -357,6 +357,7 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
     check_severities(cfg, splits)
     check_pose(cfg, splits)
     check_landmarks(cfg, splits)
+    task_weights = cfg.loss_weights(ds.tasks)  # before any epoch: a task_weights id it does not train is an error
     pipes = make_pipelines(cfg, splits)
     if chief:
         start_run_dir(run_dir, cfg.to_dict(), splits, policy=policy)
@@ -387,7 +388,7 @@ def _train(cfg: TrainConfig, *, resume: bool, verbose: int) -> RunResult:
                 phases = finetune_phases(cfg.finetune_epochs, cfg.epochs, model_tasks, cfg.finetune_unfreeze)
             else:
                 phases = standard_phases(cfg.epochs)
-            weight = 1.0 if cfg.approach == "stl" else cfg.loss_weight
+            weight = {t: w for t, w in task_weights.items() if t in model_tasks}
             if cfg.severity_weight or cfg.pose_weight or cfg.landmark_weight:
                 loss = GradedMultiTaskLoss(model_tasks, weight, severity_weight=cfg.severity_weight,
                                            pose_weight=cfg.pose_weight, landmark_weight=cfg.landmark_weight,

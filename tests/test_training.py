@@ -341,7 +341,8 @@ def test_the_default_run_adds_a_second_synthetic_set_and_weight_decay_where_they
     assert TrainConfig(data=str(tmp_path)).resolved_synth_extra() == 0  # another dataset trains on itself
     assert TrainConfig(approach="hc2", synth_extra=2, weight_decay=0.01).with_defaults().to_dict().items() >= \
         {"synth_extra": 2, "weight_decay": 0.01}.items()
-    assert default.with_defaults().fingerprint() == TrainConfig(weight_decay=0.1, synth_extra=1).fingerprint()
+    assert default.with_defaults().fingerprint() == TrainConfig(weight_decay=0.1, synth_extra=1,
+                                                                task_weights={"hair_eyes": 4.0}).fingerprint()
     args = config_from_args(build_parser().parse_args(["--synth-extra", "0", "--weight-decay", "0"]))
     assert (args.resolved_synth_extra(), args.resolved_weight_decay()) == (0, 0.0)
 
@@ -363,9 +364,65 @@ def test_the_default_run_adds_a_second_synthetic_set_and_weight_decay_where_they
     assert split_dataset_of_run(run, TrainConfig(**small), "train").names == both.train.names
 
     then = dict(epochs=24, mixed_precision="none")
-    before = {k: v for k, v in TrainConfig(**then).to_dict().items() if k not in ("weight_decay", "synth_extra")}
+    before = {k: v for k, v in TrainConfig(**then).to_dict().items()
+              if k not in ("weight_decay", "synth_extra", "task_weights")}
     (tmp_path / "config.json").write_text(json.dumps(before))
-    check_resumable(tmp_path, TrainConfig(weight_decay=0.0, synth_extra=0, **then))
+    check_resumable(tmp_path, TrainConfig(weight_decay=0.0, synth_extra=0, task_weights={}, **then))
     with pytest.raises(ResumeError, match="synth_extra: 0 in the run, 1 now") as refused:
         check_resumable(tmp_path, TrainConfig(**then))
     assert "weight_decay: 0.0 in the run, 0.1 now" in str(refused.value)
+
+
+def test_task_weights_scale_the_named_requisites_cross_entropy_and_an_unknown_id_stops_before_training(
+        synth_small, tmp_path, monkeypatch, capsys):
+    """``--task-weights hair_eyes=4``: that requisite's cross-entropy weighs 4 x --loss-weight, the others
+    1 x (README: hair over the eyes from 26-30% to 15% in the default run, which weighs it so since
+    2026-12-08); the fingerprint of runs without any stays what it was; an id the run does not train is
+    refused before any epoch; a run written before the option resumes with none, and the refusal names it."""
+    from icao_mtl import losses, train
+    from icao_mtl.config import TrainConfig
+    from icao_mtl.errors import ConfigError
+
+    cfg = train.config_from_args(train.build_parser().parse_args(["--task-weights", "blurred=4, light=0.5"]))
+    assert cfg.task_weights == {"blurred": 4.0, "light": 0.5}
+    assert cfg.loss_weights(["blurred", "light", "veil"]) == pytest.approx({"blurred": 0.4, "light": 0.05, "veil": 0.1})
+    assert TrainConfig(approach="stl", task_weights={"veil": 2}).loss_weights(["veil", "light"]) == {"veil": 2.0,
+                                                                                                    "light": 1.0}
+    assert TrainConfig().resolved_task_weights() == {"hair_eyes": 4.0}  # the default run's
+    assert TrainConfig(tasks=["blurred", "light"]).resolved_task_weights() == {}
+    for other in (TrainConfig(approach="hc2"), TrainConfig(weights="imagenet"), TrainConfig(data=str(tmp_path))):
+        assert other.resolved_task_weights() == {}
+    assert TrainConfig(approach="hc2").with_defaults().fingerprint() == \
+        TrainConfig(approach="hc2", task_weights={}).with_defaults().fingerprint() != cfg.with_defaults().fingerprint()
+    then = dict(epochs=24, mixed_precision="none", weight_decay=0.1, synth_extra=1)
+    before = {k: v for k, v in TrainConfig(**then).to_dict().items() if k != "task_weights"}
+    (tmp_path / "config.json").write_text(json.dumps(before))
+    from icao_mtl.errors import ResumeError
+    from icao_mtl.runs import check_resumable
+
+    check_resumable(tmp_path, TrainConfig(task_weights={}, **then))
+    with pytest.raises(ResumeError, match=r"task_weights: \{\} in the run, \{'hair_eyes': 4.0\} now"):
+        check_resumable(tmp_path, TrainConfig(**then))
+    for bad in ({"blurred": -1}, {"blurred": "4"}, ["blurred"], {"blurred": True}):
+        with pytest.raises(ConfigError, match="task_weights must map requisite ids to numbers >= 0"):
+            TrainConfig(task_weights=bad).validate()
+    assert train.main(["--task-weights", "blurred=x"]) == 2
+    assert "id=factor pairs" in capsys.readouterr().err
+
+    seen = []
+    real = losses.MaskedMultiTaskLoss
+
+    class Spy(real):
+        def __init__(self, tasks, weights=1.0):
+            seen.append(dict(weights))
+            super().__init__(tasks, weights)
+
+    monkeypatch.setattr(losses, "MaskedMultiTaskLoss", Spy)
+    args = ["--data", str(synth_small), "--approach", "hc2", "--img-size", "64", "--epochs", "1", "--quiet",
+            "--check-images", "none", "--tasks", "blurred,light"]
+    assert train.main([*args, "--out", str(tmp_path / "unknown"), "--task-weights", "hair_eyes=4"]) == 2
+    assert "task_weights names ['hair_eyes'], which this run does not train" in capsys.readouterr().err
+    assert not (tmp_path / "unknown" / "checkpoints").exists()
+    assert train.main([*args, "--out", str(tmp_path / "run"), "--task-weights", "light=3"]) == 0
+    assert seen == [pytest.approx({"blurred": 0.1, "light": 0.3})]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["task_weights"] == {"light": 3.0}
