@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eye-layout", dest="eye_layout", action="store_const", const=False, default=None,
                    help="regions: only pooled features of the eye band (no layout map)")
     p.add_argument("--task-weights", dest="task_weights", default=None,
-                   help="factors of some requisites' cross-entropies (times --loss-weight), e.g. hair_eyes=4 or "
-                        "hair_eyes=4,red_eyes=2; the others 1 (default: hair_eyes=4 for the regions approach from scratch "
-                        "on the synthetic set, none otherwise; an empty string: none)")
+                   help="factors of some requisites' cross-entropies (times --loss-weight), e.g. hair_eyes=4 "
+                        "or hair_eyes=4,red_eyes=2; the others 1 (default: hair_eyes=4 for the regions approach "
+                        "from scratch on the synthetic set, none otherwise; an empty string: none)")
     p.add_argument("--split", default=None, help="train,val,test fractions (default 0.75,0.15,0.10)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
