@@ -77,7 +77,7 @@ class TrainConfig:
     than the reference augmentation (:data:`REGIONS_AUGMENT`), hair over the eyes' loss weighted 4x,
     mixed bfloat16 where the hardware
     computes it natively, each evaluated image scored with its mirror image (``tta``); data generation
-    included, 19 minutes on 2 cores of an AMD EPYC with AVX2 only (float32, TensorFlow's oneDNN kernels;
+    included, 16 minutes on 2 cores of an AMD EPYC with AVX2 only (float32, TensorFlow's oneDNN kernels;
     README)."""
 
     # data
