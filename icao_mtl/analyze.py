@@ -35,16 +35,17 @@ def split_dataset_of_run(run_dir: Path, cfg, split: str):
 
     from . import data
 
+    if not (run_dir / "split.csv").is_file():
+        raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
+                          "directory written by python -m icao_mtl.train, nas.depth or nas.bmtas.")
     mapping = data.ColumnMapping.from_json(cfg.mapping) if cfg.mapping else None
     ds = data.load(cfg.data, tasks=cfg.tasks, mapping=mapping, check_images="exists", synth_n=cfg.synth_n,
                    synth_size=cfg.synth_size, progress=False)
     from .data.splits import append_rows
 
-    for name, load_kwargs in cfg.extra_training_sets():  # training rows in split.csv: <its directory>/<image>
+    # only the training split holds other sets' rows (in split.csv: <its directory>/<image>)
+    for name, load_kwargs in cfg.extra_training_sets() if split == "train" else ():
         ds = append_rows(ds, data.load(name, check_images="exists", progress=False, **load_kwargs))
-    if not (run_dir / "split.csv").is_file():
-        raise ConfigError(f"{run_dir} has no split.csv, so its images cannot be matched to the splits. Fix: pass a run "
-                          "directory written by python -m icao_mtl.train, nas.depth or nas.bmtas.")
     table = pd.read_csv(run_dir / "split.csv")
     names = table.loc[table["split"] == split, "image"].tolist()
     index = {n: i for i, n in enumerate(ds.names)}

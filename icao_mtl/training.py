@@ -312,7 +312,7 @@ def native_bfloat16_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     ``/proc/cpuinfo``) with TensorFlow's oneDNN kernels on: there mixed bfloat16 convolutions run
     faster than float32 ones (the default model's training step 1.37x, ``benchmarks/bench_precision.py``);
     elsewhere bfloat16 is emulated and slower."""
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() in ("0", "false", "False"):
+    if not _onednn_variable(default="1"):
         return False
     try:
         flags = Path(cpuinfo).read_text(errors="replace")
@@ -329,8 +329,13 @@ def onednn_kernels_on() -> bool:
     try:
         from tensorflow.python.util import _pywrap_util_port
     except ImportError:  # a TensorFlow without this probe: the variable as it is now
-        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip() not in ("0", "false", "False")
+        return _onednn_variable(default="0")
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _onednn_variable(default: str) -> bool:
+    """``TF_ENABLE_ONEDNN_OPTS`` read as TensorFlow reads it (0 / false: off), ``default`` where unset."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", default).strip() not in ("0", "false", "False")
 
 
 def resolve_precision(mode: str | None) -> str:
